@@ -1,0 +1,367 @@
+"""Zenith against an independent reference: a Python list window and plain SGD arithmetic."""
+import contextlib
+import math
+
+import pytest
+import torch
+
+from zenith_det import Zenith, ZenithScheduler
+
+
+class ReferenceZenith:
+    """The rule of DEVELOPERS.md written as plainly as possible."""
+
+    def __init__(self, groups, window):
+        self.groups = groups  # [{"params": [tensor], "lr":..., "momentum":..., ...}]
+        self.window = window
+        self.norms = []
+        self.zenith = 0.0
+        self.bufs = {}
+        self.skipped = 0
+        self.mult = 1.0
+
+    def step(self, grads):
+        flat = [g for group_grads in grads for g in group_grads if g is not None]
+        norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in flat))
+        if not math.isfinite(norm):
+            self.skipped += 1
+            return
+        self.norms.append(norm)
+        self.norms = self.norms[-self.window :]
+        mu = sum(self.norms) / len(self.norms)
+        self.zenith = max(self.zenith, mu)
+        self.mult = mu / self.zenith if self.zenith > 0 else 1.0
+        for gi, (group, group_grads) in enumerate(zip(self.groups, grads)):
+            for pi, (p, g) in enumerate(zip(group["params"], group_grads)):
+                if g is None:
+                    continue
+                d_p = g + group["weight_decay"] * p
+                if group["momentum"]:
+                    key = (gi, pi)
+                    if key not in self.bufs:
+                        self.bufs[key] = d_p.clone()
+                    else:
+                        self.bufs[key] = group["momentum"] * self.bufs[key] + (1 - group["dampening"]) * d_p
+                    buf = self.bufs[key]
+                    d_p = d_p + group["momentum"] * buf if group["nesterov"] else buf
+                p.sub_(group["lr"] * self.mult * d_p)
+
+
+GROUP_SETTINGS = [
+    dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=1e-3, nesterov=False),
+    dict(lr=0.01, momentum=0.8, dampening=0.0, weight_decay=0.0, nesterov=True),
+    dict(lr=0.02, momentum=0.5, dampening=0.3, weight_decay=1e-2, nesterov=False),
+    dict(lr=0.03, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),
+]
+
+
+def _make_params(seed, shapes=((5, 3), (7,), (2, 2, 3))):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(s, generator=gen) for s in shapes] for _ in GROUP_SETTINGS]
+
+
+def _grad_scale(t):
+    # Norms that rise, fall and rise again, so Z, the window start and the
+    # wrap-around are all exercised.
+    return 1.0 + 0.8 * math.sin(t / 9.0) + t / 200.0
+
+
+def test_matches_reference_over_start_and_wraparound():
+    window = 7
+    init = _make_params(0)
+    params = [[p.clone().requires_grad_(True) for p in group] for group in init]
+    ref_groups = [dict(params=[p.clone() for p in group], **s) for group, s in zip(init, GROUP_SETTINGS)]
+    opt = Zenith([dict(params=group, **s) for group, s in zip(params, GROUP_SETTINGS)], lr=0.1, window=window)
+    ref = ReferenceZenith(ref_groups, window)
+    gen = torch.Generator().manual_seed(1)
+    for t in range(300):
+        grads = []
+        for group in params:
+            group_grads = []
+            for i, p in enumerate(group):
+                # Now and then a parameter has no gradient at all.
+                g = None if (t + i) % 11 == 0 else torch.randn(p.shape, generator=gen) * _grad_scale(t)
+                p.grad = g
+                group_grads.append(g)
+            grads.append(group_grads)
+        opt.step()
+        ref.step(grads)
+        assert opt.multiplier().item() == pytest.approx(ref.mult, rel=1e-5)
+    for group, ref_group in zip(params, ref_groups):
+        for p, q in zip(group, ref_group["params"]):
+            torch.testing.assert_close(p.detach(), q, rtol=1e-4, atol=1e-5)
+
+
+def _run_pair(steps, grow):
+    torch.manual_seed(0)
+    a = torch.nn.Linear(8, 4)
+    b = torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    z = Zenith(a.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, window=5)
+    s = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    mults = []
+    for t in range(steps):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            g = torch.randn_like(pa) * (1.5**t if grow else 1.0 / (1 + t))
+            pa.grad, pb.grad = g.clone(), g.clone()
+        z.step()
+        s.step()
+        mults.append(z.multiplier().item())
+    return a, b, mults
+
+
+def test_equals_sgd_while_norms_grow_and_multiplier_is_at_most_one():
+    a, b, mults = _run_pair(20, grow=True)
+    assert mults == [1.0] * 20
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+    _, _, mults = _run_pair(30, grow=False)
+    assert all(0 < m <= 1.0 for m in mults)
+    assert mults[-1] < 0.5
+
+
+def test_group_lr_ratios_preserved_and_outer_scheduler_composes():
+    p1 = torch.zeros(4, requires_grad=True)
+    p2 = torch.zeros(4, requires_grad=True)
+    opt = Zenith([{"params": [p1], "lr": 0.1}, {"params": [p2], "lr": 0.02}], lr=1.0, momentum=0.0, window=3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 0.5)
+    for t in range(6):
+        before1, before2 = p1.detach().clone(), p2.detach().clone()
+        g = torch.ones(4) / (t + 1)
+        p1.grad, p2.grad = g.clone(), g.clone()
+        opt.step()
+        m = opt.multiplier().item()
+        torch.testing.assert_close(before1 - p1.detach(), 0.1 * 0.5 * m * g)
+        torch.testing.assert_close(before2 - p2.detach(), 0.02 * 0.5 * m * g)
+        sched.step()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_nonfinite_gradient_skips_the_whole_step(bad):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = Zenith(model.parameters(), lr=0.1, window=4)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+    snapshot = {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state_dict()["zenith_history"].items()}
+    params = [p.detach().clone() for p in model.parameters()]
+    bufs = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    model.weight.grad = torch.randn_like(model.weight)
+    model.weight.grad[0, 0] = bad
+    model.bias.grad = torch.randn_like(model.bias)
+    opt.step()
+    for p, before in zip(model.parameters(), params):
+        assert torch.equal(p.detach(), before)
+    for p, before in zip(model.parameters(), bufs):
+        assert torch.equal(opt.state[p]["momentum_buffer"], before)
+    after = opt.state_dict()["zenith_history"]
+    for key in ("norms", "pos", "count", "zenith", "mult"):
+        assert torch.equal(after[key], snapshot[key]), key
+    assert opt.skipped_steps().item() == 1
+    # One bad batch must not freeze training.
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert 0 < opt.multiplier().item() <= 1
+    assert not torch.equal(model.weight.detach(), params[0])
+
+
+def _train(opt_factory, steps, state=None):
+    torch.manual_seed(123)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    opt = opt_factory(model)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+    gen = torch.Generator().manual_seed(7 if state is None else 8)
+    x = torch.randn(32, 6, generator=gen)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    return model, opt
+
+
+def test_state_dict_round_trip_resumes_bit_identically(tmp_path):
+    factory = lambda m: Zenith(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, window=5)
+    model, opt = _train(factory, 12)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, path)
+    state = torch.load(path)
+    # Continue the same objects, and a fresh pair restored from disk.
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(32, 6, generator=gen)
+    for _ in range(9):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    resumed, resumed_opt = _train(factory, 9, state=state)
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    a, b = opt.state_dict(), resumed_opt.state_dict()
+    for key, value in a["zenith_history"].items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["zenith_history"][key])), key
+
+
+def test_load_rejects_another_window():
+    model, opt = _train(lambda m: Zenith(m.parameters(), lr=0.05, window=5), 2)
+    other = Zenith(model.parameters(), lr=0.05, window=6)
+    with pytest.raises(ValueError, match="window"):
+        other.load_state_dict(opt.state_dict())
+
+
+@contextlib.contextmanager
+def _host_syncs_forbidden():
+    def forbid(name):
+        def raiser(self, *args, **kwargs):
+            raise AssertionError(f"host sync: Tensor.{name} called inside step()")
+
+        return raiser
+
+    names = ["item", "__float__", "__bool__", "__int__", "tolist"]
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.Tensor, n, forbid(n))
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.Tensor, n, f)
+
+
+def test_step_makes_no_host_sync():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = Zenith(
+        [{"params": [model.weight]}, {"params": [model.bias], "lr": 0.2, "weight_decay": 0.0}],
+        lr=0.1,
+        weight_decay=1e-4,
+        window=3,
+    )
+    for t in range(6):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        if t == 4:
+            model.bias.grad[0] = float("nan")
+        with _host_syncs_forbidden():
+            opt.step()
+    assert opt.skipped_steps().item() == 1
+    # The guard does bite: a sync inside it raises.
+    with pytest.raises(AssertionError, match="host sync"):
+        with _host_syncs_forbidden():
+            torch.ones(1).item()
+
+
+def test_converges_on_logistic_regression():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 10, generator=gen)
+    w_true = torch.randn(10, generator=gen)
+    y = (x @ w_true > 0).float()
+    model = torch.nn.Linear(10, 1)
+    opt = Zenith(model.parameters(), lr=0.5, momentum=0.9, window=20)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    first = loss_fn(model(x).squeeze(1), y).item()
+    for _ in range(200):
+        opt.zero_grad()
+        loss = loss_fn(model(x).squeeze(1), y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.25 * first
+
+
+def test_bf16_norm_accumulates_in_float32():
+    p = torch.zeros(4096, dtype=torch.bfloat16, requires_grad=True)
+    p.grad = torch.full((4096,), 0.01, dtype=torch.bfloat16)
+    opt = Zenith([p], lr=0.1, window=2)
+    opt.step()
+    exact = math.sqrt(4096 * float(torch.tensor(0.01, dtype=torch.bfloat16)) ** 2)
+    assert opt.last_grad_norm().dtype == torch.float32
+    assert opt.last_grad_norm().item() == pytest.approx(exact, rel=1e-6)
+
+
+def test_grad_scaler_norm_is_unscaled_and_inf_steps_do_not_enter_the_window():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = Zenith(model.parameters(), lr=0.1, window=10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randn(8, 4)
+    opt.zero_grad()
+    scaler.scale(model(x).pow(2).mean()).backward()
+    expected = torch.linalg.vector_norm(torch.cat([p.grad.flatten() / 1024.0 for p in model.parameters()]))
+    with _host_syncs_forbidden():
+        scaler.step(opt)
+    scaler.update()
+    assert opt.last_grad_norm().item() == pytest.approx(expected.item(), rel=1e-5)
+    count = opt.state_dict()["zenith_history"]["count"].item()
+    weights = model.weight.detach().clone()
+    opt.zero_grad()
+    scaler.scale(model(x).pow(2).mean() * float("inf")).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(model.weight.detach(), weights)
+    assert opt.state_dict()["zenith_history"]["count"].item() == count
+    assert scaler.get_scale() < 1024.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(lr=0.1, window=0), "window"),
+        (dict(lr=0.1, momentum=1.0), "momentum"),
+        (dict(lr=0.1, momentum=-0.1), "momentum"),
+        (dict(lr=0.1, momentum=0.0, nesterov=True), "nesterov"),
+        (dict(lr=0.1, weight_decay=-1.0), "weight_decay"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        Zenith([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+def test_sparse_gradients_are_rejected():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = Zenith(emb.parameters(), lr=0.1)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+def test_zenith_scheduler_matches_zenith_multiplier_and_restores_lr():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 2)
+    b = torch.nn.Linear(5, 2)
+    b.load_state_dict(a.state_dict())
+    zen = Zenith(a.parameters(), lr=0.1, window=4)
+    adam = torch.optim.AdamW(b.parameters(), lr=1e-2, fused=True)
+    sched = ZenithScheduler(adam, window=4)
+    warmup = torch.optim.lr_scheduler.LambdaLR(adam, lambda it: min(1.0, (it + 1) / 3))
+    for t in range(12):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            g = torch.randn_like(pa) / (1 + t % 5)
+            pa.grad, pb.grad = g.clone(), g.clone()
+        zen.step()
+        with _host_syncs_forbidden():
+            adam.step()
+        warmup.step()
+        assert sched.multiplier().item() == pytest.approx(zen.multiplier().item(), rel=1e-6)
+        assert adam.param_groups[0]["lr"] == pytest.approx(1e-2 * min(1.0, (t + 2) / 3))
+    assert sched.multiplier().item() < 1.0
+    restored = ZenithScheduler(torch.optim.AdamW(b.parameters(), lr=1e-2, fused=True), window=4)
+    restored.load_state_dict(sched.state_dict())
+    assert torch.equal(restored.multiplier(), sched.multiplier())
+
+
+def test_zenith_scheduler_scales_the_update():
+    p = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = ZenithScheduler(opt, window=2)
+    for g in (4.0, 1.0):
+        before = p.detach().clone()
+        p.grad = torch.full((3,), g)
+        opt.step()
+        torch.testing.assert_close(before - p.detach(), sched.multiplier() * p.grad)
+    # window [|4|, |1|]·sqrt(3): mean 2.5 against zenith 4 -> 0.625
+    assert sched.multiplier().item() == pytest.approx(0.625)
