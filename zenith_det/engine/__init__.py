@@ -1,0 +1,15 @@
+"""Training engine: a small hook-based trainer in detectron2's style."""
+from .checkpoint import AtomicCheckpointer
+from .defaults import PREEMPTED_EXIT_CODE, Trainer, default_setup, evaluate, resolve_device
+from .events import EventStorage, get_event_storage
+from .hooks import (
+    EvalHook,
+    IterationTimer,
+    LRScheduler,
+    PeriodicCheckpointer,
+    PeriodicWriter,
+    PreemptionHandler,
+    WallClockBudget,
+)
+from .launch import launch
+from .train_loop import HookBase, SimpleTrainer, TrainerBase

@@ -1,0 +1,1 @@
+from .build import ARCHITECTURES, build_model, load_weights

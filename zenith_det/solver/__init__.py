@@ -2,3 +2,11 @@
 from .norm_history import NormHistory, global_grad_norm
 from .zenith import Zenith
 from .zenith_scheduler import ZenithScheduler
+from .build import (
+    OPTIMIZER_REGISTRY,
+    build_gradient_clipper,
+    build_lr_scheduler,
+    build_optimizer,
+    get_default_optimizer_params,
+    lr_multiplier_source,
+)

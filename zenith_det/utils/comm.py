@@ -57,3 +57,15 @@ def reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.clone()
     dist.all_reduce(tensor)
     return tensor / get_world_size()
+
+
+def any_rank(flag: bool, device=None) -> bool:
+    """True on every rank if `flag` is True on any: hooks use it so all ranks stop,
+    evaluate or checkpoint at the same iteration."""
+    if get_world_size() == 1:
+        return flag
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Train (or evaluate) a torchvision Mask / Keypoint R-CNN from a YAML config.
+
+    python tools/train_net.py --config configs/synthetic/mask_rcnn_zenith.yaml
+    python tools/train_net.py --config configs/mask_rcnn_zenith.yaml --num-gpus 8
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+        tools/train_net.py --config configs/mask_rcnn_zenith.yaml
+    python tools/train_net.py --config ... --resume          # after a stop or a crash
+    python tools/train_net.py --config ... --eval-only MODEL.WEIGHTS output/model_final.pth
+
+Exit codes: 0 done, 2 bad input (one line says what to fix), 3 diverged, 75 preempted.
+"""
+import logging
+import os
+import sys
+
+import torch.multiprocessing as mp
+
+from zenith_det.config import load_config
+from zenith_det.engine import PREEMPTED_EXIT_CODE, Trainer, default_setup, evaluate, launch, resolve_device
+from zenith_det.engine.launch import launched_by_torchrun
+from zenith_det.engine.cli import default_argument_parser, run_guarded
+from zenith_det.evaluation import format_results_table
+from zenith_det.utils import comm
+
+logger = logging.getLogger("zenith_det")
+
+
+def main(args) -> int:
+    cfg = load_config(args.config_file, args.opts)
+    default_setup(cfg, resume=args.resume or args.eval_only)
+    cfg.freeze()
+    if args.eval_only:
+        return eval_only(cfg, args.resume)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    if comm.is_main_process():
+        print_summary(cfg, results, trainer)
+    if trainer.stop_reason == "preempted":
+        logger.warning("Preempted at iteration %d; continue with --resume (exit code %d)", trainer.iter, PREEMPTED_EXIT_CODE)
+        return PREEMPTED_EXIT_CODE
+    return 0
+
+
+def eval_only(cfg, resume: bool) -> int:
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    results = evaluate(cfg, trainer.model)
+    if comm.is_main_process():
+        print_summary(cfg, results, None)
+    return 0
+
+
+def print_summary(cfg, results, trainer) -> None:
+    out = cfg.OUTPUT_DIR
+    lines = ["", "Evaluation (COCO AP, %):", format_results_table(results) if results else "  (no evaluation: DATASETS.TEST is empty)"]
+    if trainer is not None:
+        budget = trainer.budget
+        lines.append(
+            f"Stopped after {trainer.iter} iterations ({trainer.stop_reason or 'SOLVER.MAX_ITER reached'}), "
+            f"{budget.elapsed() / 60:.1f} min of the {cfg.SOLVER.MAX_TIME_HOURS:g} h budget used."
+        )
+        lines.append(f"  checkpoint:  {trainer.last_good_checkpoint}")
+    lines.append(f"  results:     {os.path.join(out, 'inference', 'coco_instances_results.json')}")
+    lines.append(f"  metrics:     {os.path.join(out, 'metrics.json')} (TensorBoard: tensorboard --logdir {out})")
+    lines.append(f"  config:      {os.path.join(out, 'config.yaml')}")
+    print("\n".join(lines), flush=True)
+
+
+def cli(argv=None) -> int:
+    args = default_argument_parser(__doc__).parse_args(argv)
+    return run_guarded(_launch, args)
+
+
+def _launch(args) -> int:
+    # Checked once here, so a bad config fails before any process is spawned.
+    cfg = load_config(args.config_file, args.opts)
+    use_cuda = resolve_device(cfg).type == "cuda"
+    if launched_by_torchrun() or args.num_gpus <= 1:
+        return launch(main, 1, use_cuda=use_cuda, args=(args,))
+    try:
+        launch(_spawned_main, args.num_gpus, use_cuda=use_cuda, args=(args,))
+    except mp.ProcessExitedException as e:
+        return e.exit_code
+    return 0
+
+
+def _spawned_main(args):
+    code = run_guarded(main, args)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

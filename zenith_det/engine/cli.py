@@ -1,0 +1,39 @@
+"""What every entry point shares: the argument parser and one-line errors."""
+import argparse
+import logging
+import sys
+
+from ..errors import UserError
+
+# Exit codes: 2 = a mistake in the input (the message says which and how to fix it),
+# 3 = training diverged (non-finite losses), 75 = preempted (see PREEMPTED_EXIT_CODE).
+USER_ERROR_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 3
+
+
+def default_argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "--config-file", dest="config_file", default="", metavar="FILE", help="YAML config")
+    parser.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in OUTPUT_DIR")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint)")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes to spawn on this machine (not under torchrun)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides, e.g. SOLVER.BASE_LR 0.01")
+    return parser
+
+
+def run_guarded(main, args) -> int:
+    """Run `main(args)`, turning known failures into one line on stderr and an exit code."""
+    try:
+        return main(args) or 0
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+    except FloatingPointError as e:
+        if args.debug:
+            raise
+        logging.getLogger("zenith_det").error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return DIVERGED_EXIT_CODE

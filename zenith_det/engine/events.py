@@ -1,0 +1,78 @@
+"""Metrics collected during training, kept as tensors until a writer needs them.
+
+Losses and ZENITH's scalars stay on the device between log periods; turning them
+into floats is one host sync per write, not one per iteration.
+"""
+from collections import defaultdict
+from typing import Dict, List, Tuple
+
+import torch
+from fvcore.common.history_buffer import HistoryBuffer
+
+_CURRENT_STORAGE: List["EventStorage"] = []
+
+
+def get_event_storage() -> "EventStorage":
+    if not _CURRENT_STORAGE:
+        raise RuntimeError("get_event_storage() must be called inside `with EventStorage():`")
+    return _CURRENT_STORAGE[-1]
+
+
+class EventStorage:
+    def __init__(self, start_iter: int = 0):
+        self.iter = start_iter
+        self._history: Dict[str, HistoryBuffer] = defaultdict(lambda: HistoryBuffer(max_length=1000000))
+        self._smoothing: Dict[str, bool] = {}
+        self._pending: List[Tuple[str, torch.Tensor, int]] = []
+        self._latest: Dict[str, Tuple[float, int]] = {}
+
+    def put_scalar(self, name: str, value, smoothing_hint: bool = True) -> None:
+        """`value` may be a tensor: it is read only when a writer asks for it."""
+        self._smoothing.setdefault(name, smoothing_hint)
+        if torch.is_tensor(value):
+            self._pending.append((name, value.detach().reshape(()), self.iter))
+        else:
+            self._record(name, float(value), self.iter)
+
+    def put_scalars(self, smoothing_hint: bool = True, **kwargs) -> None:
+        for name, value in kwargs.items():
+            self.put_scalar(name, value, smoothing_hint)
+
+    def _record(self, name: str, value: float, iteration: int) -> None:
+        self._history[name].update(value, iteration)
+        self._latest[name] = (value, iteration)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        values = torch.stack([v.float().cpu() for _, v, _ in self._pending]).tolist()
+        for (name, _, iteration), value in zip(self._pending, values):
+            self._record(name, value, iteration)
+        self._pending.clear()
+
+    def history(self, name: str) -> HistoryBuffer:
+        self._flush()
+        return self._history[name]
+
+    def latest(self) -> Dict[str, Tuple[float, int]]:
+        self._flush()
+        return dict(self._latest)
+
+    def latest_with_smoothing_hint(self, window_size: int = 20) -> Dict[str, Tuple[float, int]]:
+        self._flush()
+        out = {}
+        for name, (value, iteration) in self._latest.items():
+            if self._smoothing.get(name, True):
+                value = self._history[name].median(window_size)
+            out[name] = (value, iteration)
+        return out
+
+    def step(self) -> None:
+        self.iter += 1
+
+    def __enter__(self):
+        _CURRENT_STORAGE.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _CURRENT_STORAGE.pop()

@@ -1,0 +1,206 @@
+"""The training loop and its hooks, in detectron2's style.
+
+A trainer runs `before_train`, then for each iteration `before_step`,
+`run_step`, `after_step`, then `after_train`, calling every registered hook at
+each point in the order the hooks were registered. Any hook may ask the loop to
+stop early (`trainer.request_stop()`); the loop then ends after the current
+iteration and `after_train` still runs, which is where the final checkpoint and
+the final evaluation happen.
+"""
+import logging
+import time
+import weakref
+from typing import List, Optional
+
+import torch
+
+from .events import EventStorage
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """Extend the loop without touching it. Hooks read `self.trainer` (set on registration)."""
+
+    trainer: "TrainerBase" = None
+
+    def before_train(self):
+        pass
+
+    def after_train(self):
+        pass
+
+    def before_step(self):
+        pass
+
+    def after_step(self):
+        pass
+
+    def state_dict(self) -> dict:
+        """Hook state saved in checkpoints (e.g. the wall-clock budget already spent)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class TrainerBase:
+    def __init__(self):
+        self._hooks: List[HookBase] = []
+        self.iter = 0
+        self.start_iter = 0
+        self.max_iter = 0
+        self.storage: Optional[EventStorage] = None
+        self.stop_reason: Optional[str] = None
+        # Set when the loop died of an exception: hooks then write no "final" artifacts.
+        self.failed = False
+
+    def register_hooks(self, hooks) -> None:
+        for h in hooks:
+            if h is None:
+                continue
+            # A weak proxy: hooks must not keep the trainer alive (no reference cycle).
+            h.trainer = weakref.proxy(self)
+            self._hooks.append(h)
+
+    @property
+    def hooks(self) -> List[HookBase]:
+        return list(self._hooks)
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def train(self, start_iter: int, max_iter: int) -> None:
+        logger.info("Starting training from iteration %d", start_iter)
+        self.iter = self.start_iter = start_iter
+        self.max_iter = max_iter
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start_iter, max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    # From here on `self.iter` counts completed iterations.
+                    self.iter += 1
+                    if self.stop_reason is not None:
+                        break
+            except BaseException:
+                self.failed = True
+                raise
+            finally:
+                self.after_train()
+
+    def before_train(self):
+        for h in self._hooks:
+            h.before_train()
+
+    def after_train(self):
+        # `iter` is now the number of completed iterations (the resume point).
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            h.after_train()
+
+    def before_step(self):
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            h.before_step()
+
+    def after_step(self):
+        for h in self._hooks:
+            h.after_step()
+
+    def run_step(self):
+        raise NotImplementedError
+
+
+class SimpleTrainer(TrainerBase):
+    """One optimizer step per iteration: data, forward, backward, (AMP, clipping), step.
+
+    A non-finite loss skips the iteration's update entirely (no backward, no
+    optimizer or ZENITH state change). After `max_nonfinite` in a row it raises
+    FloatingPointError naming the iteration.
+    """
+
+    def __init__(self, model, data_loader, optimizer, *, amp_dtype=None, grad_clipper=None, max_nonfinite: int = 20):
+        super().__init__()
+        self.model = model
+        self.data_loader = data_loader
+        self._data_iter = None
+        self.optimizer = optimizer
+        self.device = next(model.parameters()).device
+        self.amp_dtype = amp_dtype
+        self.grad_scaler = (
+            torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
+        )
+        self.grad_clipper = grad_clipper
+        self.max_nonfinite = max_nonfinite
+        self.nonfinite_in_a_row = 0
+        self.last_good_checkpoint = "none yet"
+
+    @property
+    def data_iter(self):
+        if self._data_iter is None:
+            self._data_iter = iter(self.data_loader)
+        return self._data_iter
+
+    def run_step(self):
+        start = time.perf_counter()
+        images, targets = next(self.data_iter)
+        data_time = time.perf_counter() - start
+        images = [img.to(self.device, non_blocking=True) for img in images]
+        targets = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            loss_dict = self.model(images, targets)
+        losses = sum(loss_dict.values())
+        self.storage.put_scalar("data_time", data_time)
+        # One host sync: deciding to skip needs the value, as detectron2's loss check does.
+        if not torch.isfinite(losses).item():
+            self._on_nonfinite(loss_dict)
+            return
+        self.nonfinite_in_a_row = 0
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+            if self.grad_clipper is not None:
+                self.grad_scaler.unscale_(self.optimizer)
+                self.grad_clipper(self._params())
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            losses.backward()
+            if self.grad_clipper is not None:
+                self.grad_clipper(self._params())
+            self.optimizer.step()
+        self.storage.put_scalar("total_loss", losses)
+        for name, value in loss_dict.items():
+            self.storage.put_scalar(name, value)
+
+    def _params(self):
+        return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+    def _on_nonfinite(self, loss_dict):
+        self.nonfinite_in_a_row += 1
+        bad = ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
+        logger.warning("iteration %d: non-finite loss (%s); update skipped", self.iter, bad)
+        self.storage.put_scalar("nonfinite_losses", self.nonfinite_in_a_row, smoothing_hint=False)
+        if self.nonfinite_in_a_row >= self.max_nonfinite:
+            raise FloatingPointError(
+                f"iteration {self.iter}: loss was non-finite for {self.nonfinite_in_a_row} iterations in a row "
+                f"(SOLVER.MAX_NONFINITE_STEPS); last good checkpoint: {self.last_good_checkpoint}. "
+                "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS, then --resume"
+            )
+
+    def state_dict(self) -> dict:
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.grad_scaler is not None and "grad_scaler" in state:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])

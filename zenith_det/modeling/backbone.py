@@ -1,0 +1,65 @@
+"""Backbones with FPN, built without ever downloading weights."""
+import os
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ..errors import UserError
+
+_NORMS = {"FrozenBN": FrozenBatchNorm2d, "BN": nn.BatchNorm2d}
+
+
+def _norm_layer(name: str):
+    if name == "GN":
+        return lambda channels: nn.GroupNorm(32, channels)
+    if name not in _NORMS:
+        raise UserError(f"MODEL.BACKBONE.NORM: {name!r} is not one of FrozenBN, BN, GN")
+    return _NORMS[name]
+
+
+def build_backbone(cfg) -> nn.Module:
+    name = cfg.MODEL.BACKBONE.NAME
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    if name == "tiny_fpn":
+        return _tiny_fpn(out_channels, _norm_layer(cfg.MODEL.BACKBONE.NORM))
+    depth = {"resnet50_fpn": "resnet50", "resnet18_fpn": "resnet18", "resnet101_fpn": "resnet101"}.get(name)
+    if depth is None:
+        raise UserError(f"MODEL.BACKBONE.NAME: {name!r} is not one of resnet50_fpn, resnet101_fpn, resnet18_fpn, tiny_fpn")
+    body = getattr(resnet, depth)(weights=None, norm_layer=_norm_layer(cfg.MODEL.BACKBONE.NORM))
+    weights = cfg.MODEL.BACKBONE.WEIGHTS
+    if weights:
+        _load_imagenet_weights(body, weights)
+    trainable = cfg.MODEL.BACKBONE.TRAINABLE_LAYERS
+    if not 0 <= trainable <= 5:
+        raise UserError(f"MODEL.BACKBONE.TRAINABLE_LAYERS: {trainable} is not in 0..5")
+    return _resnet_fpn_extractor(body, trainable, out_channels=out_channels)
+
+
+def _load_imagenet_weights(body: nn.Module, path: str) -> None:
+    if not os.path.isfile(path):
+        raise UserError(
+            f"MODEL.BACKBONE.WEIGHTS: {path} does not exist (nothing is downloaded: put a torchvision "
+            "ImageNet state dict there, or set MODEL.BACKBONE.WEIGHTS '' to start from scratch)"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing:
+        raise UserError(f"MODEL.BACKBONE.WEIGHTS: {path} lacks {len(missing)} backbone tensors (e.g. {missing[0]}); is it a ResNet of this depth?")
+
+
+def _tiny_fpn(out_channels: int, norm_layer) -> BackboneWithFPN:
+    """Four strided conv stages (16..128 channels): Mask R-CNN at CPU-test speed."""
+    stages = {}
+    in_ch = 3
+    body = nn.Sequential()
+    for i, ch in enumerate((16, 32, 64, 128)):
+        stride_layers = [nn.Conv2d(in_ch, ch, 3, stride=2 if i else 4, padding=1, bias=False), norm_layer(ch), nn.ReLU(inplace=True)]
+        body.add_module(f"layer{i + 1}", nn.Sequential(*stride_layers, nn.Conv2d(ch, ch, 3, padding=1, bias=False), norm_layer(ch), nn.ReLU(inplace=True)))
+        stages[f"layer{i + 1}"] = str(i)
+        in_ch = ch
+    return BackboneWithFPN(body, stages, [16, 32, 64, 128], out_channels, extra_blocks=LastLevelMaxPool())

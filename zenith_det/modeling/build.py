@@ -1,0 +1,96 @@
+"""torchvision Mask / Keypoint / Faster R-CNN built from the config and the dataset's metadata."""
+import logging
+import os
+
+import torch
+from fvcore.common.checkpoint import Checkpointer
+from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from ..errors import UserError
+from .backbone import build_backbone
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURES = ("MaskRCNN", "KeypointRCNN", "FasterRCNN")
+
+
+class TrainTestResize(GeneralizedRCNNTransform):
+    """torchvision's transform with detectron2's separate train and test sizes.
+
+    Training draws the short side from INPUT.MIN_SIZE_TRAIN (torch RNG, so a resumed
+    run draws the same); evaluation uses INPUT.MIN_SIZE_TEST.
+    """
+
+    def __init__(self, cfg, **kwargs):
+        self._sizes = {
+            True: (tuple(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN),
+            False: ((cfg.INPUT.MIN_SIZE_TEST,), cfg.INPUT.MAX_SIZE_TEST),
+        }
+        super().__init__(*self._sizes[True], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], **kwargs)
+
+    def train(self, mode: bool = True):
+        self.min_size, self.max_size = self._sizes[mode]
+        return super().train(mode)
+
+
+def build_model(cfg, metadata) -> torch.nn.Module:
+    """`metadata` gives num_classes (without background) and num_keypoints."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch not in ARCHITECTURES:
+        raise UserError(f"MODEL.META_ARCHITECTURE: {arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    backbone = build_backbone(cfg)
+    channels = backbone.out_channels
+    num_classes = metadata.num_classes + 1
+    fc = cfg.MODEL.ROI_BOX_HEAD.FC_DIM
+    kwargs = dict(
+        num_classes=None,
+        box_head=TwoMLPHead(channels * 7 * 7, fc),
+        box_predictor=FastRCNNPredictor(fc, num_classes),
+        rpn_pre_nms_top_n_train=cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
+        rpn_pre_nms_top_n_test=cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
+        rpn_post_nms_top_n_train=cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN,
+        rpn_post_nms_top_n_test=cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
+        rpn_batch_size_per_image=cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE,
+        box_batch_size_per_image=cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+        box_score_thresh=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+        box_nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+        box_detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
+    )
+    if arch == "MaskRCNN":
+        dim, n = cfg.MODEL.ROI_MASK_HEAD.CONV_DIM, cfg.MODEL.ROI_MASK_HEAD.NUM_CONV
+        model = MaskRCNN(
+            backbone,
+            mask_head=MaskRCNNHeads(channels, (dim,) * n, 1),
+            mask_predictor=MaskRCNNPredictor(dim, dim, num_classes),
+            **kwargs,
+        )
+    elif arch == "KeypointRCNN":
+        if not metadata.num_keypoints:
+            raise UserError("MODEL.META_ARCHITECTURE KeypointRCNN needs a dataset whose categories define keypoints (DATASETS.TRAIN)")
+        dims = tuple(cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS)
+        model = KeypointRCNN(
+            backbone,
+            keypoint_head=KeypointRCNNHeads(channels, dims),
+            keypoint_predictor=KeypointRCNNPredictor(dims[-1], metadata.num_keypoints),
+            **kwargs,
+        )
+    else:
+        model = FasterRCNN(backbone, **kwargs)
+    model.transform = TrainTestResize(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    return model
+
+
+def load_weights(model: torch.nn.Module, path: str) -> None:
+    """A torchvision state dict or one of our checkpoints; mismatched heads are skipped with a warning."""
+    if not os.path.isfile(path):
+        raise UserError(f"MODEL.WEIGHTS: {path} does not exist (nothing is downloaded; give a local .pth file)")
+    try:
+        Checkpointer(model).load(path, checkpointables=[])
+    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
+        raise UserError(f"MODEL.WEIGHTS: {path} could not be read as a checkpoint ({type(e).__name__}: {e})") from e

@@ -1,0 +1,200 @@
+"""Optimizers, parameter groups, LR schedules and gradient clipping, all from one config.
+
+Register a new optimizer with one decorator; the function's name is its
+SOLVER.OPTIMIZER key and it receives the config and detectron2-style groups::
+
+    @OPTIMIZER_REGISTRY.register()
+    def MY_SGD(cfg, params):
+        return torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR)
+"""
+import math
+from typing import Callable, List, Optional
+
+import torch
+from fvcore.common.param_scheduler import (
+    ConstantParamScheduler,
+    CosineParamScheduler,
+    MultiStepParamScheduler,
+    ParamScheduler,
+)
+from fvcore.common.registry import Registry
+
+from ..errors import UserError
+from .zenith import Zenith
+from .zenith_scheduler import ZenithScheduler
+
+OPTIMIZER_REGISTRY = Registry("OPTIMIZER")
+OPTIMIZER_REGISTRY.__doc__ = "SOLVER.OPTIMIZER -> fn(cfg, param_groups) -> torch.optim.Optimizer"
+
+# ZENITH is its own schedule: after the (optional) warmup its base lr stays put.
+DEFAULT_LR_SCHEDULER = {"ZENITH": "WarmupConstantLR"}
+
+_NORM_TYPES = (
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.GroupNorm,
+    torch.nn.LayerNorm,
+    torch.nn.LocalResponseNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+)
+
+
+@OPTIMIZER_REGISTRY.register()
+def SGD(cfg, params):
+    # Fused, so comparisons against ZENITH (also fused) measure the rule, not the kernel.
+    return torch.optim.SGD(
+        params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV, fused=True
+    )
+
+
+@OPTIMIZER_REGISTRY.register()
+def ZENITH(cfg, params):
+    return Zenith(
+        params,
+        lr=cfg.SOLVER.BASE_LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        window=cfg.SOLVER.ZENITH.WINDOW,
+    )
+
+
+@OPTIMIZER_REGISTRY.register()
+def ADAMW(cfg, params):
+    return torch.optim.AdamW(
+        params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS, fused=True
+    )
+
+
+@OPTIMIZER_REGISTRY.register()
+def ADAMW_ZENITH(cfg, params):
+    """AdamW whose learning rate follows ZENITH's norm-history multiplier."""
+    optimizer = ADAMW(cfg, params)
+    optimizer.zenith_scheduler = ZenithScheduler(optimizer, window=cfg.SOLVER.ZENITH.WINDOW)
+    return optimizer
+
+
+def get_default_optimizer_params(
+    model: torch.nn.Module,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_norm: float,
+    bias_lr_factor: float = 1.0,
+    weight_decay_bias: Optional[float] = None,
+) -> List[dict]:
+    """detectron2's parameter-group rules: norm layers get WEIGHT_DECAY_NORM, biases
+    get BIAS_LR_FACTOR and WEIGHT_DECAY_BIAS. Groups with equal settings are merged,
+    so the optimizer sees a handful of groups rather than one per tensor."""
+    if weight_decay_bias is None:
+        weight_decay_bias = weight_decay
+    merged = {}
+    seen = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or param in seen:
+                continue
+            seen.add(param)
+            lr, wd = base_lr, weight_decay
+            if isinstance(module, _NORM_TYPES):
+                wd = weight_decay_norm
+            elif name == "bias":
+                lr, wd = base_lr * bias_lr_factor, weight_decay_bias
+            merged.setdefault((lr, wd), []).append(param)
+    return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in merged.items()]
+
+
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    name = cfg.SOLVER.OPTIMIZER.upper()
+    if name not in OPTIMIZER_REGISTRY:
+        known = ", ".join(sorted(k for k, _ in OPTIMIZER_REGISTRY))
+        raise UserError(f"SOLVER.OPTIMIZER: unknown optimizer {cfg.SOLVER.OPTIMIZER!r}; choose one of {known}")
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+    return OPTIMIZER_REGISTRY.get(name)(cfg, params)
+
+
+def lr_multiplier_source(optimizer):
+    """What carries ZENITH's multiplier for this optimizer (Zenith or its ZenithScheduler), else None."""
+    if isinstance(optimizer, Zenith):
+        return optimizer
+    return getattr(optimizer, "zenith_scheduler", None)
+
+
+class WarmupParamScheduler(ParamScheduler):
+    """`scheduler` scaled by a linear (or constant) warmup over the first `warmup_length` of training."""
+
+    def __init__(self, scheduler: ParamScheduler, warmup_factor: float, warmup_length: float, method: str = "linear"):
+        if method not in ("linear", "constant"):
+            raise UserError(f"SOLVER.WARMUP_METHOD: {method!r} is not 'linear' or 'constant'")
+        self.scheduler = scheduler
+        self.warmup_factor = warmup_factor
+        self.warmup_length = warmup_length
+        self.method = method
+
+    def __call__(self, where: float) -> float:
+        value = self.scheduler(where)
+        if where >= self.warmup_length:
+            return value
+        if self.method == "constant":
+            return value * self.warmup_factor
+        alpha = where / self.warmup_length
+        return value * (self.warmup_factor * (1 - alpha) + alpha)
+
+
+class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
+    """lr = base_lr * multiplier(iteration / max_iter), stepped once per iteration."""
+
+    def __init__(self, optimizer, multiplier: ParamScheduler, max_iter: int, last_iter: int = -1):
+        self._multiplier = multiplier
+        self._max_iter = max_iter
+        super().__init__(optimizer, last_epoch=last_iter)
+
+    def state_dict(self):
+        return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
+
+    def get_lr(self) -> List[float]:
+        where = min(self.last_epoch / self._max_iter, 1.0 - 1e-12)
+        scale = self._multiplier(where)
+        return [base * scale for base in self.base_lrs]
+
+
+def build_lr_scheduler(cfg, optimizer) -> LRMultiplier:
+    name = cfg.SOLVER.LR_SCHEDULER_NAME or DEFAULT_LR_SCHEDULER.get(cfg.SOLVER.OPTIMIZER.upper(), "WarmupMultiStepLR")
+    max_iter = cfg.SOLVER.MAX_ITER
+    if name == "WarmupMultiStepLR":
+        steps = [s for s in cfg.SOLVER.STEPS if s <= max_iter]
+        sched = MultiStepParamScheduler(
+            values=[cfg.SOLVER.GAMMA**k for k in range(len(steps) + 1)], milestones=steps, num_updates=max_iter
+        )
+    elif name == "WarmupCosineLR":
+        sched = CosineParamScheduler(1.0, 0.0)
+    elif name == "WarmupConstantLR":
+        sched = ConstantParamScheduler(1.0)
+    else:
+        raise UserError(
+            f"SOLVER.LR_SCHEDULER_NAME: unknown schedule {name!r}; "
+            "use WarmupMultiStepLR, WarmupCosineLR or WarmupConstantLR"
+        )
+    warmup_length = min(cfg.SOLVER.WARMUP_ITERS / max_iter, 1.0)
+    sched = WarmupParamScheduler(sched, cfg.SOLVER.WARMUP_FACTOR, warmup_length, cfg.SOLVER.WARMUP_METHOD)
+    return LRMultiplier(optimizer, sched, max_iter)
+
+
+def build_gradient_clipper(cfg) -> Optional[Callable[[List[torch.nn.Parameter]], None]]:
+    """A function clipping the given parameters' gradients in place, or None when off.
+
+    It runs in the trainer after AMP unscaling and before `optimizer.step()`, so
+    ZENITH sees the clipped norm, as the update does.
+    """
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not clip.ENABLED:
+        return None
+    if clip.CLIP_TYPE == "norm":
+        return lambda params: torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE, foreach=True)
+    if clip.CLIP_TYPE == "value":
+        return lambda params: torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE, foreach=True)
+    raise UserError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE: {clip.CLIP_TYPE!r} is not 'norm' or 'value'")
