@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import sys
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -227,7 +228,9 @@ class Trainer(SimpleTrainer):
         self.last_good_checkpoint = checkpoint["path"]
         # The schedule is a pure function of the iteration, so it is rebuilt rather than saved.
         self.scheduler.last_epoch = self.start_iter - 1
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
 
     def train(self):
         if self.data_loader is None:

@@ -1,0 +1,50 @@
+import os
+
+import pytest
+import torch
+
+from zenith_det.config import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tests run on 2 cores; more threads only add contention.
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def datasets_root(tmp_path_factory):
+    """One generated copy of the synthetic datasets for the whole session."""
+    root = str(tmp_path_factory.mktemp("datasets"))
+    previous = os.environ.get("ZENITH_DATASETS")
+    os.environ["ZENITH_DATASETS"] = root
+    yield root
+    if previous is None:
+        os.environ.pop("ZENITH_DATASETS", None)
+    else:
+        os.environ["ZENITH_DATASETS"] = previous
+
+
+@pytest.fixture
+def tiny_cfg(datasets_root, tmp_path):
+    """The synthetic Mask R-CNN config cut down to test speed (CPU, deterministic)."""
+    return load_config(
+        os.path.join(REPO, "configs/synthetic/mask_rcnn_zenith.yaml"),
+        [
+            "MODEL.DEVICE", "cpu",
+            "INPUT.MIN_SIZE_TRAIN", "(96,)",
+            "INPUT.MAX_SIZE_TRAIN", "128",
+            "INPUT.MIN_SIZE_TEST", "96",
+            "INPUT.MAX_SIZE_TEST", "128",
+            "SOLVER.IMS_PER_BATCH", "2",
+            "SOLVER.MAX_ITER", "8",
+            "SOLVER.WARMUP_ITERS", "3",
+            "SOLVER.CHECKPOINT_PERIOD", "4",
+            "SOLVER.ZENITH.WINDOW", "5",
+            "DATALOADER.NUM_WORKERS", "0",
+            "DATASETS.TEST", "()",
+            "TEST.EVAL_PERIOD", "0",
+            "LOG_PERIOD", "2",
+            "DETERMINISTIC", "True",
+            "OUTPUT_DIR", str(tmp_path / "out"),
+        ],
+    )

@@ -1,0 +1,175 @@
+"""The trainer as a user relies on it: resume exactness, budget, checkpoints, divergence."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+from zenith_det.engine import HookBase, Trainer, default_setup
+from zenith_det.errors import UserError
+
+
+class StopAt(HookBase):
+    """Simulates a preemption: ask the loop to stop after `iteration` iterations."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter + 1 == self.iteration:
+            self.trainer.request_stop("preempted")
+
+
+def run(cfg, resume=False, extra_hooks=()):
+    default_setup(cfg, resume=resume)
+    trainer = Trainer(cfg)
+    trainer.register_hooks(list(extra_hooks))
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    return trainer
+
+
+def weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_continues_bit_identically(tiny_cfg, tmp_path):
+    whole = run(tiny_cfg.clone())
+    expected = weights(whole)
+    history = whole.optimizer.state_dict()["zenith_history"]
+
+    cfg = tiny_cfg.clone()
+    cfg.OUTPUT_DIR = str(tmp_path / "interrupted")
+    first = run(cfg, extra_hooks=[StopAt(3)])
+    assert first.stop_reason == "preempted" and first.iter == 3
+    resumed = run(cfg, resume=True)
+    assert resumed.start_iter == 3 and resumed.iter == 8
+    got = weights(resumed)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    for key, value in resumed.optimizer.state_dict()["zenith_history"].items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(history[key])), key
+
+
+def test_outputs_metrics_config_and_pruned_checkpoints(tiny_cfg):
+    cfg = tiny_cfg.clone()
+    cfg.SOLVER.CHECKPOINT_PERIOD = 2
+    cfg.SOLVER.MAX_TO_KEEP = 2
+    run(cfg)
+    out = cfg.OUTPUT_DIR
+    assert sorted(os.path.basename(p) for p in glob.glob(f"{out}/model_*.pth")) == [
+        "model_0000004.pth", "model_0000006.pth", "model_final.pth"]
+    assert open(f"{out}/last_checkpoint").read() == "model_final.pth"
+    records = [json.loads(line) for line in open(f"{out}/metrics.json")]
+    assert records[-1]["iteration"] == 7
+    assert {"total_loss", "lr", "zenith/multiplier", "zenith/grad_norm"} <= set().union(*records)
+    assert all(0 < r["zenith/multiplier"] <= 1 for r in records if "zenith/multiplier" in r)
+    assert glob.glob(f"{out}/events.out.tfevents.*")
+    saved = open(f"{out}/config.yaml").read()
+    assert "OPTIMIZER: ZENITH" in saved and "MAX_ITER: 8" in saved
+
+
+def test_budget_stops_early_and_resume_counts_time_spent(tiny_cfg):
+    cfg = tiny_cfg.clone()
+    cfg.SOLVER.MAX_ITER = 1000
+    budget = 12.0
+    cfg.SOLVER.MAX_TIME_HOURS = budget / 3600
+    trainer = run(cfg)
+    assert trainer.stop_reason == "budget"
+    assert 3 < trainer.iter < 1000
+    # Stopped early enough for the final checkpoint to fit (one step of slack for timing noise).
+    assert trainer.budget.elapsed() <= budget + trainer.hooks[0].mean_step_seconds
+    state = torch.load(os.path.join(cfg.OUTPUT_DIR, f"model_{trainer.iter:07d}.pth"), weights_only=False)
+    spent = state["run_state"]["hooks"]["WallClockBudget"]["spent_seconds"]
+    assert 0 < spent <= budget + 1.0
+    again = run(cfg, resume=True)
+    assert again.budget.spent_before == pytest.approx(spent)
+    # The budget is (nearly) used up, so the resumed run stops after at most a couple of steps.
+    assert again.stop_reason == "budget" and again.iter - again.start_iter <= 2
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tiny_cfg, capsys):
+    cfg = tiny_cfg.clone()
+    run(cfg, extra_hooks=[StopAt(6)])  # checkpoints at 4 (periodic) and 6 (stop)
+    latest = os.path.join(cfg.OUTPUT_DIR, "model_0000006.pth")
+    with open(latest, "r+b") as f:
+        f.truncate(1000)
+    default_setup(cfg, resume=True)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 4
+    assert "model_0000006.pth is unreadable" in capsys.readouterr().out
+
+
+def test_resume_with_changed_model_is_a_clear_error(tiny_cfg):
+    cfg = tiny_cfg.clone()
+    run(cfg, extra_hooks=[StopAt(2)])
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    default_setup(cfg, resume=True)
+    trainer = Trainer(cfg)
+    with pytest.raises(UserError, match="different model"):
+        trainer.resume_or_load(resume=True)
+
+
+def test_new_run_over_an_earlier_one_is_refused(tiny_cfg):
+    cfg = tiny_cfg.clone()
+    run(cfg, extra_hooks=[StopAt(1)])
+    before = sorted(os.listdir(cfg.OUTPUT_DIR))
+    with pytest.raises(UserError, match="--resume"):
+        default_setup(cfg, resume=False)
+    assert sorted(os.listdir(cfg.OUTPUT_DIR)) == before
+
+
+class NaNLoss(HookBase):
+    """Makes the model's losses NaN for the iterations in `bad`."""
+
+    def __init__(self, bad):
+        self.bad = set(bad)
+
+    def before_train(self):
+        model = self.trainer.model
+        original = model.forward
+        hook = self
+
+        def forward(images, targets=None):
+            losses = original(images, targets)
+            if hook.trainer.iter in hook.bad:
+                losses = {k: v * float("nan") for k, v in losses.items()}
+            return losses
+
+        model.forward = forward
+
+
+def test_nonfinite_losses_are_skipped_then_abort(tiny_cfg):
+    cfg = tiny_cfg.clone()
+    cfg.SOLVER.MAX_ITER = 6
+    cfg.SOLVER.MAX_NONFINITE_STEPS = 3
+    default_setup(cfg, resume=False)
+    trainer = Trainer(cfg)
+    snapshots = {}
+
+    class Snap(HookBase):
+        def before_step(self):
+            snapshots[self.trainer.iter] = {k: p.detach().clone() for k, p in self.trainer.model.named_parameters()}
+
+    trainer.register_hooks([NaNLoss({2}), Snap()])
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    count_after_skip = trainer.optimizer.state_dict()["zenith_history"]["count"].item()
+    assert count_after_skip == 5  # six iterations, one skipped
+    for key, value in snapshots[2].items():
+        assert torch.equal(value, snapshots[3][key]), key
+
+    cfg2 = tiny_cfg.clone()
+    cfg2.OUTPUT_DIR = cfg.OUTPUT_DIR + "_abort"
+    cfg2.SOLVER.MAX_NONFINITE_STEPS = 3
+    default_setup(cfg2, resume=False)
+    trainer = Trainer(cfg2)
+    trainer.register_hooks([NaNLoss({4, 5, 6})])
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(FloatingPointError, match=r"iteration 6.*model_0000004\.pth"):
+        trainer.train()
+    # The run died: no "final" checkpoint claims to be good.
+    assert not os.path.exists(os.path.join(cfg2.OUTPUT_DIR, "model_final.pth"))
+    assert open(os.path.join(cfg2.OUTPUT_DIR, "last_checkpoint")).read() == "model_0000004.pth"
