@@ -1,0 +1,96 @@
+"""Model outputs (torchvision convention) -> COCO results-format dicts."""
+from typing import Dict, List, Mapping
+
+import pycocotools.mask as mask_util
+import torch
+
+from ..errors import UserError
+
+# detectron2's paste_masks_in_image keeps pixels >= 0.5; we match it so that
+# our segm numbers are comparable with detectron2's.
+MASK_THRESHOLD = 0.5
+
+
+def encode_masks(masks: torch.Tensor) -> List[dict]:
+    """COCO RLEs (str counts, json-ready) of N masks given as (N,H,W) or (N,1,H,W).
+
+    Float masks are probabilities, thresholded at MASK_THRESHOLD; bool masks are
+    taken as they are. One pycocotools call encodes them all.
+    """
+    if masks.dim() == 4:
+        masks = masks[:, 0]
+    if masks.shape[0] == 0:
+        return []
+    if masks.dtype != torch.bool:
+        masks = masks >= MASK_THRESHOLD
+    # pycocotools wants a Fortran-ordered (H,W,N) uint8 array. Laying the data out
+    # as C-ordered (N,W,H) -- on the model's device, before the copy to the host --
+    # makes its numpy transpose exactly that, so the host does no extra copy.
+    arr = masks.to(torch.uint8).transpose(1, 2).contiguous().cpu().numpy().transpose(2, 1, 0)
+    rles = mask_util.encode(arr)
+    for rle in rles:
+        # bytes are not json-serialisable; pycocotools reads str counts back fine.
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def instances_to_coco_json(
+    output: Mapping[str, torch.Tensor],
+    image_id: int,
+    contiguous_id_to_category_id: Mapping[int, int],
+) -> List[Dict]:
+    """One image's detections as COCO results: one dict per instance.
+
+    Boxes become xywh, labels the json's category ids; masks (if present) RLE;
+    keypoints (if present) flat [x, y, score, ...] with the per-keypoint score in
+    the third slot, as detectron2 writes them (COCOeval reads only x and y).
+    """
+    boxes = output["boxes"]
+    num = int(boxes.shape[0])
+    if num == 0:
+        return []
+    boxes = boxes.detach().to("cpu", torch.float32).clone()
+    boxes[:, 2:] -= boxes[:, :2]
+    scores = output["scores"].detach().cpu().tolist()
+    labels = output["labels"].detach().cpu().tolist()
+    try:
+        category_ids = [int(contiguous_id_to_category_id[int(label)]) for label in labels]
+    except KeyError as e:
+        raise UserError(
+            f"the model predicted label {e.args[0]}, but the dataset has contiguous ids "
+            f"{min(contiguous_id_to_category_id, default=None)}..{max(contiguous_id_to_category_id, default=None)}: "
+            "the model's number of classes must equal the dataset's categories + 1 (check MODEL.WEIGHTS)"
+        ) from None
+
+    results = [
+        {"image_id": int(image_id), "category_id": cat, "bbox": box, "score": float(score)}
+        for cat, box, score in zip(category_ids, boxes.tolist(), scores)
+    ]
+    if "masks" in output:
+        for res, rle in zip(results, encode_masks(output["masks"].detach())):
+            res["segmentation"] = rle
+    if "keypoints" in output:
+        kpts = output["keypoints"].detach().to("cpu", torch.float32).clone()
+        if "keypoints_scores" in output:
+            kpts[..., 2] = output["keypoints_scores"].detach().to("cpu", torch.float32)
+        for res, kp in zip(results, kpts.flatten(1).tolist()):
+            res["keypoints"] = kp
+    return results
+
+
+def infer_tasks(output: Mapping[str, torch.Tensor]) -> set:
+    """The COCO tasks one model output supports: bbox always, segm and keypoints when present."""
+    tasks = {"bbox"}
+    if "masks" in output:
+        tasks.add("segm")
+    if "keypoints" in output:
+        tasks.add("keypoints")
+    return tasks
+
+
+def results_tasks(results: List[Dict]) -> List[str]:
+    """The tasks a COCO results list supports (every result carries the field)."""
+    if not results:
+        return ["bbox"]
+    fields = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
+    return [task for task, field in fields.items() if all(field in r for r in results)]
