@@ -4,7 +4,7 @@ import os
 import torch
 from torch import nn
 from torchvision.models import resnet
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -36,7 +36,22 @@ def build_backbone(cfg) -> nn.Module:
     trainable = cfg.MODEL.BACKBONE.TRAINABLE_LAYERS
     if not 0 <= trainable <= 5:
         raise UserError(f"MODEL.BACKBONE.TRAINABLE_LAYERS: {trainable} is not in 0..5")
-    return _resnet_fpn_extractor(body, trainable, out_channels=out_channels)
+    return _resnet_fpn(body, trainable, out_channels)
+
+
+def _resnet_fpn(body: resnet.ResNet, trainable_layers: int, out_channels: int) -> BackboneWithFPN:
+    """torchvision's ResNet-FPN extractor, with FPN width configurable (MODEL.FPN.OUT_CHANNELS)."""
+    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        train.append("bn1")
+    for name, param in body.named_parameters():
+        if not any(name.startswith(layer) for layer in train):
+            param.requires_grad_(False)
+    c2 = body.inplanes // 8  # layer1's output width: 64 for ResNet-18/34, 256 for ResNet-50+
+    return BackboneWithFPN(
+        body, {f"layer{k}": str(k - 1) for k in range(1, 5)}, [c2 * 2**i for i in range(4)], out_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
 
 
 def _load_imagenet_weights(body: nn.Module, path: str) -> None:

@@ -91,6 +91,15 @@ def load_weights(model: torch.nn.Module, path: str) -> None:
     if not os.path.isfile(path):
         raise UserError(f"MODEL.WEIGHTS: {path} does not exist (nothing is downloaded; give a local .pth file)")
     try:
-        Checkpointer(model).load(path, checkpointables=[])
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
         raise UserError(f"MODEL.WEIGHTS: {path} could not be read as a checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise UserError(f"MODEL.WEIGHTS: {path} holds a {type(state).__name__}, not a state dict or checkpoint")
+    if "model" not in state:  # a bare torchvision state dict
+        state = {"model": state}
+    checkpointer = Checkpointer(model)
+    # fvcore skips tensors whose shapes differ (another dataset's heads) and logs them.
+    incompatible = checkpointer._load_model(state)
+    checkpointer._log_incompatible_keys(incompatible)
+    logger.info("Loaded MODEL.WEIGHTS from %s", path)
