@@ -1,0 +1,16 @@
+# Shortcuts; the README's two commands are the contract.
+.PHONY: install demo test bench
+
+install:
+	python -m pip install -e ".[test]"
+
+demo: install
+	python tools/train_net.py --config configs/synthetic/mask_rcnn_zenith.yaml
+
+test:
+	python -m pytest -q
+
+bench:
+	python tools/benchmark_optimizer.py
+	python tools/benchmark_engine.py
+	python tools/benchmark_eval.py
