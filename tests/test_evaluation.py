@@ -578,39 +578,30 @@ def test_detectron2_coco_evaluator_gives_the_same_numbers(gt_path, gt, evaluated
                     assert ours[task][key] == pytest.approx(v, abs=1e-4), (task, key)
 
 
-def test_eval_coco_tool_mode_b_wiring(gt_path, evaluated, preds, tmp_path, monkeypatch, capsys):
-    """Mode B with stand-ins for the data and model layers: config -> model -> loader -> evaluator."""
-    import types
+def test_eval_coco_tool_mode_b_runs_the_model(datasets_root, tmp_path, capsys):
+    """Mode B for real: config -> model with MODEL.WEIGHTS -> synthetic val set -> COCOeval."""
+    from types import SimpleNamespace
 
-    import zenith_det.data
-    import zenith_det.modeling
+    from zenith_det.config import load_config
+    from zenith_det.modeling import build_model
 
-    slow, _ = evaluated
-    ids = list(preds)
-    metadata = types.SimpleNamespace(json_file=gt_path, contiguous_id_to_category_id=CONTIGUOUS,
-                                     same_categories=lambda other: True)
-    built = {}
-
-    def fake_build_model(cfg, md):
-        built["weights"], built["metadata"] = cfg.MODEL.WEIGHTS, md
-        return _FixedModel(preds)
-
-    loader = [([torch.full((3, 4, 4), float(i))], [{"image_id": i}]) for i in ids]
-    monkeypatch.setattr(zenith_det.modeling, "build_model", fake_build_model, raising=False)
-    monkeypatch.setattr(zenith_det.data, "get_dataset_metadata", lambda name, cfg: metadata, raising=False)
-    monkeypatch.setattr(zenith_det.data, "build_detection_test_loader", lambda cfg, name: loader, raising=False)
-    cfg_file = tmp_path / "cfg.yaml"
-    cfg_file.write_text("MODEL:\n  DEVICE: cpu\n")
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/synthetic/mask_rcnn_zenith.yaml")
+    overrides = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
+                 "DATALOADER.NUM_WORKERS", "0", "TEST.DETECTIONS_PER_IMAGE", "20", "OUTPUT_DIR", str(tmp_path / "run")]
+    cfg = load_config(config, overrides)
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pth"
+    torch.save(build_model(cfg, SimpleNamespace(num_classes=4, num_keypoints=0)).state_dict(), weights)
     tool = _load_tool("eval_coco")
     out = tmp_path / "m.json"
-    argv = ["--config", str(cfg_file), "--json-out", str(out), "MODEL.WEIGHTS", "w.pth",
-            "OUTPUT_DIR", str(tmp_path / "run"), "DATASETS.TEST", "('val',)"]
-    assert tool.main(argv) == 0, capsys.readouterr().err
-    assert built["weights"] == "w.pth" and built["metadata"] is metadata
+    assert tool.main(["--config", config, "--json-out", str(out), "MODEL.WEIGHTS", str(weights), *overrides]) == 0
     written = json.loads(out.read_text())
-    assert written["bbox"]["AP"] == slow["bbox"]["AP"] and written["segm"]["AP"] == slow["segm"]["AP"]
-    assert (tmp_path / "run" / "inference" / "val" / RESULTS_FILE).is_file()
+    results_file = tmp_path / "run" / "inference" / RESULTS_FILE
+    gt = os.path.join(datasets_root, "synthetic", "synthetic_shapes_val", "annotations", "instances_val.json")
+    for task in ("bbox", "segm"):
+        direct = evaluate_results_json(gt, str(results_file), task)
+        assert written[task]["AP"] == pytest.approx(direct["AP"], abs=1e-9)
     capsys.readouterr()
-    assert tool.main(["--config", str(cfg_file)]) == 2
+    assert tool.main(["--config", config]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "MODEL.WEIGHTS" in err[0]

@@ -21,9 +21,7 @@ import time
 import numpy as np
 import pycocotools.mask as mask_util
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from zenith_det.evaluation.coco_metrics import coco_api, derive_metrics, load_coco_gt  # noqa: E402
+from zenith_det.evaluation.coco_metrics import coco_api, derive_metrics, load_coco_gt
 
 # COCO val2017's shape, roughly: 5k images of ~640x480, ~7.3 objects per image,
 # 80 categories of which an image shows a few, sizes from a few pixels to the frame.

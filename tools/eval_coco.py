@@ -22,10 +22,8 @@ import os
 import sys
 from collections import OrderedDict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from zenith_det.errors import UserError  # noqa: E402
-from zenith_det.evaluation import (  # noqa: E402
+from zenith_det.errors import UserError
+from zenith_det.evaluation import (
     BACKENDS,
     TASKS,
     evaluate_results_json,
@@ -35,13 +33,14 @@ from zenith_det.evaluation import (  # noqa: E402
     load_coco_gt,
     load_results,
 )
-from zenith_det.evaluation.conversion import results_tasks  # noqa: E402
+from zenith_det.evaluation.conversion import results_tasks
+from zenith_det.utils.cli import OneLineArgumentParser, run_guarded
 
 logger = logging.getLogger("zenith_det.tools.eval_coco")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument_group("mode A: evaluate a results file")
     a.add_argument("--gt", help="COCO-format ground-truth json")
     a.add_argument("--results", help="COCO results json (a list of detections)")
@@ -53,7 +52,7 @@ def parse_args(argv=None):
     a.add_argument("--max-dets", type=int, default=100, help="detections per image counted for bbox/segm")
     b = p.add_argument_group("mode B: evaluate a model")
     b.add_argument("--config", help="YAML config; its TEST.* keys choose the backend, sigmas and max detections")
-    b.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, MODEL.WEIGHTS among them")
+    b.add_argument("opts", nargs="*", help="KEY VALUE overrides, MODEL.WEIGHTS among them")
     p.add_argument("--json-out", help="write the metrics here as json")
     p.add_argument("--per-category", action="store_true", help="also print per-category AP")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -83,64 +82,45 @@ def evaluate_file(args) -> "OrderedDict[str, dict]":
 
 
 def evaluate_model(args) -> "OrderedDict[str, dict]":
+    """Mode B: the engine's own evaluation of MODEL.WEIGHTS on DATASETS.TEST."""
     from zenith_det.config import load_config
+    from zenith_det.data import metadata_from_cfg
+    from zenith_det.engine import evaluate, resolve_device
+    from zenith_det.modeling import build_model
 
     cfg = load_config(args.config, args.opts)
     if not cfg.MODEL.WEIGHTS:
         raise UserError("mode B evaluates trained weights: add MODEL.WEIGHTS path/to/model.pth to the command line")
     if not cfg.DATASETS.TEST:
         raise UserError(f"{args.config}: DATASETS.TEST is empty; name the datasets to evaluate on")
-
-    # The model and data layers are imported only here: mode A needs neither.
-    import torch
-
-    from zenith_det.data import build_detection_test_loader, get_dataset_metadata
-    from zenith_det.evaluation import build_coco_evaluator, inference_on_dataset
-    from zenith_det.modeling import build_model
-    device = cfg.MODEL.DEVICE
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    model, model_metadata, out = None, None, OrderedDict()
-    multi = len(cfg.DATASETS.TEST) > 1
-    for name in cfg.DATASETS.TEST:
-        metadata = get_dataset_metadata(name, cfg)  # the evaluation view: every image, json ids
-        if model is None:
-            model = build_model(cfg, metadata).to(device)  # loads MODEL.WEIGHTS
-            model_metadata = metadata
-        elif not model_metadata.same_categories(metadata):
-            raise UserError(f"DATASETS.TEST: {name} has other categories than {cfg.DATASETS.TEST[0]}; "
-                            "one model can only be evaluated on datasets with the same categories")
-        loader = build_detection_test_loader(cfg, name)
-        evaluator = build_coco_evaluator(cfg, metadata, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", name))
-        results = inference_on_dataset(model, loader, evaluator)
-        for task, metrics in results.items():
-            out[f"{name}/{task}" if multi else task] = metrics
-    return out
+    # The model's label space is that of the data it was trained on (DATASETS.TRAIN).
+    model = build_model(cfg, metadata_from_cfg(cfg)).to(resolve_device(cfg))  # loads MODEL.WEIGHTS
+    results = evaluate(cfg, model)
+    if len(cfg.DATASETS.TEST) == 1:
+        return results
+    return OrderedDict((f"{name}/{task}", m) for name, per_task in results.items() for task, m in per_task.items())
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
-    try:
-        results = evaluate_model(args) if args.config else evaluate_file(args)
-        print(format_results_table(results))
-        if args.per_category:
-            for task, metrics in results.items():
-                table = format_per_category_table(metrics)
-                if table:
-                    print(f"\nper-category {task} AP:\n{table}")
-        if args.json_out:
-            directory = os.path.dirname(os.path.abspath(args.json_out))
-            os.makedirs(directory, exist_ok=True)
-            with open(args.json_out, "w") as f:
-                json.dump(jsonable_results(results), f, indent=2)
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded(_run, args)
+
+
+def _run(args) -> int:
+    results = evaluate_model(args) if args.config else evaluate_file(args)
+    print(format_results_table(results))
+    if args.per_category:
+        for task, metrics in results.items():
+            table = format_per_category_table(metrics)
+            if table:
+                print(f"\nper-category {task} AP:\n{table}")
+    if args.json_out:
+        directory = os.path.dirname(os.path.abspath(args.json_out))
+        os.makedirs(directory, exist_ok=True)
+        with open(args.json_out, "w") as f:
+            json.dump(jsonable_results(results), f, indent=2)
     return 0
 
 

@@ -11,9 +11,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from zenith_det.data.synthetic import DEFAULT_IMAGE_SIZE, generate_synthetic_coco  # noqa: E402
+from zenith_det.data.synthetic import DEFAULT_IMAGE_SIZE, generate_synthetic_coco
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from zenith_det.config import load_config
 from zenith_det.engine import PREEMPTED_EXIT_CODE, Trainer, default_setup, evaluate, launch, resolve_device
 from zenith_det.engine.launch import launched_by_torchrun
-from zenith_det.engine.cli import default_argument_parser, run_guarded
+from zenith_det.utils.cli import default_argument_parser, run_guarded
 from zenith_det.evaluation import format_results_table
 from zenith_det.utils import comm
 

@@ -229,7 +229,7 @@ class Trainer(SimpleTrainer):
         # The schedule is a pure function of the iteration, so it is rebuilt rather than saved.
         self.scheduler.last_epoch = self.start_iter - 1
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             self.scheduler.step()
 
     def train(self):

@@ -11,14 +11,25 @@ USER_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (not usage + error) with the same exit code."""
+
+    def parse_args(self, args=None, namespace=None):
+        # Flags may come after the KEY VALUE overrides (`... SOLVER.MAX_ITER 10 --resume`).
+        return self.parse_intermixed_args(args, namespace)
+
+    def error(self, message):
+        self.exit(USER_ERROR_EXIT_CODE, f"error: {message} (see {self.prog} --help)\n")
+
+
 def default_argument_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "--config-file", dest="config_file", default="", metavar="FILE", help="YAML config")
     parser.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in OUTPUT_DIR")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes to spawn on this machine (not under torchrun)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides, e.g. SOLVER.BASE_LR 0.01")
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. SOLVER.BASE_LR 0.01")
     return parser
 
 
