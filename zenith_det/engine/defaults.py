@@ -163,7 +163,8 @@ class Trainer(SimpleTrainer):
         self.scheduler = build_lr_scheduler(cfg, optimizer)
         if comm.get_world_size() > 1:
             ids = [device.index] if device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+            # Buffers (BN statistics) stay per process, as in detectron2.
+            model = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
         amp = cfg.SOLVER.AMP
         amp_dtype = None
         if amp.ENABLED:
