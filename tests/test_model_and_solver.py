@@ -134,3 +134,8 @@ def test_config_inheritance_and_errors(tmp_path):
         load_config("", ["SOLVER.MAX_ITER", "many"])
     with pytest.raises(UserError, match="not found"):
         load_config(str(tmp_path / "missing.yaml"))
+    # Whole numbers are fine for float keys, in files and on the command line.
+    hours = tmp_path / "hours.yaml"
+    hours.write_text("SOLVER:\n  MAX_TIME_HOURS: 2\n")
+    assert load_config(str(hours)).SOLVER.MAX_TIME_HOURS == 2.0
+    assert load_config("", ["SOLVER.BASE_LR", "1"]).SOLVER.BASE_LR == 1.0

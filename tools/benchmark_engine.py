@@ -1,15 +1,20 @@
 #!/usr/bin/env python
-"""Our Trainer against a bare torchvision-style loop: same model, data and optimizer, one process.
+"""Training-iteration speed, measured side by side in one process.
 
-Both loops run the synthetic Mask R-CNN config for the same iterations, in
-alternating blocks (A B A B ...), so drift in machine load hits both alike. The
-ratio of median block times is the engine's overhead: hooks, metrics, the loss
-check. Checkpointing and evaluation are off in both, since the bare loop has none.
+Two comparisons, on the same model, data and config:
+  * our Trainer (all hooks) against a bare torchvision-style loop: the engine's overhead;
+  * our Trainer with each of --optimizers (e.g. ZENITH and SGD): the optimizer's
+    share of a real iteration.
 
-    python tools/benchmark_engine.py [--iters 20] [--blocks 4] [KEY VALUE ...]
+Loops run in alternating blocks (A B C A B C ...), so drift in machine load hits
+all of them alike, and the medians of the block times are compared. Checkpoints
+and evaluation are off, since the bare loop has none.
+
+    python tools/benchmark_engine.py                                   # CPU, synthetic Mask R-CNN
+    python tools/benchmark_engine.py --optimizers ZENITH SGD SOLVER.AMP.ENABLED True \\
+        SOLVER.AMP.DTYPE bfloat16 MODEL.BACKBONE.NAME resnet50_fpn      # e.g. on a GPU
 """
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -19,86 +24,113 @@ import torch
 from zenith_det.config import load_config
 from zenith_det.data import build_detection_train_loader
 from zenith_det.engine import Trainer, default_setup
+from zenith_det.engine.events import EventStorage
 
 
 class BareLoop:
     """torchvision references/detection/engine.py's train_one_epoch, stripped to the step."""
 
-    def __init__(self, model, optimizer, scheduler, data_loader):
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.data = iter(data_loader)
-        self.device = next(model.parameters()).device
+    def __init__(self, trainer: Trainer):
+        self.model, self.optimizer, self.scheduler = trainer.model, trainer.optimizer, trainer.scheduler
+        self.amp_dtype, self.scaler = trainer.amp_dtype, trainer.grad_scaler
+        self.data = iter(build_detection_train_loader(trainer.cfg))
+        self.device = trainer.device
 
     def run(self, iters):
         for _ in range(iters):
             images, targets = next(self.data)
-            images = [img.to(self.device) for img in images]
-            targets = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-            loss_dict = self.model(images, targets)
-            losses = sum(loss_dict.values())
+            images = [img.to(self.device, non_blocking=True) for img in images]
+            targets = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+                       for t in targets]
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                losses = sum(self.model(images, targets).values())
             self.optimizer.zero_grad()
-            losses.backward()
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.scale(losses).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                losses.backward()
+                self.optimizer.step()
             self.scheduler.step()
+
+
+class TrainerBlocks:
+    """Runs a Trainer's iterations in blocks, every hook included, as one continuing run."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.next_iter = 0
+        trainer.data_loader = build_detection_train_loader(trainer.cfg)
+        trainer.storage = EventStorage(0).__enter__()
+        trainer.start_iter, trainer.max_iter = 0, trainer.cfg.SOLVER.MAX_ITER
+        trainer.before_train()
+
+    def run(self, iters):
+        t = self.trainer
+        for t.iter in range(self.next_iter, self.next_iter + iters):
+            t.before_step()
+            t.run_step()
+            t.after_step()
+        self.next_iter += iters
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/synthetic/mask_rcnn_zenith.yaml")
+    parser.add_argument("--optimizers", nargs="+", default=["ZENITH"], help="SOLVER.OPTIMIZER values to race")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare torchvision-style loop")
     parser.add_argument("--iters", type=int, default=20, help="iterations per block")
-    parser.add_argument("--blocks", type=int, default=4, help="blocks per loop")
-    parser.add_argument("opts", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    out = tempfile.mkdtemp(prefix="bench_engine_")
-    total = args.iters * args.blocks + args.iters
-    cfg = load_config(args.config, [
-        "OUTPUT_DIR", out, "SOLVER.MAX_ITER", str(10 * total), "SOLVER.CHECKPOINT_PERIOD", "0",
-        "SOLVER.MAX_TIME_HOURS", "0", "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", *args.opts,
-    ])
-    default_setup(cfg, resume=False)
-    ours = Trainer(cfg)
-    ours.data_loader = build_detection_train_loader(cfg)
-    # The bare loop gets its own model, optimizer and loader built the same way.
-    twin = Trainer(cfg)
-    bare = BareLoop(twin.model, twin.optimizer, twin.scheduler, build_detection_train_loader(cfg))
+    parser.add_argument("--blocks", type=int, default=4, help="timed blocks per loop (after one warm-up block)")
+    parser.add_argument("opts", nargs="*", help="config overrides")
+    args = parser.parse_intermixed_args()
+    total = args.iters * (args.blocks + 1)
+    loops = {}
+    for name in args.optimizers:
+        cfg = load_config(args.config, [
+            "OUTPUT_DIR", tempfile.mkdtemp(prefix=f"bench_{name}_"), "SOLVER.OPTIMIZER", name,
+            "SOLVER.MAX_ITER", str(100 * total), "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.MAX_TIME_HOURS", "0",
+            "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", *args.opts,
+        ])
+        default_setup(cfg, resume=False)
+        loops[f"Trainer[{name}]"] = TrainerBlocks(Trainer(cfg))
+    if not args.no_bare:
+        # Its own model, optimizer and loader, built exactly as the first trainer's.
+        twin = Trainer(loops[f"Trainer[{args.optimizers[0]}]"].trainer.cfg)
+        loops[f"bare loop[{args.optimizers[0]}]"] = BareLoop(twin)
 
-    # Our trainer runs block by block, every hook included; hooks see one continuing run.
-    state = {"next": 0}
+    device = next(iter(loops.values())).trainer.device if loops else torch.device("cpu")
 
-    def ours_block(iters):
-        _train_range(ours, state["next"], state["next"] + iters)
-        state["next"] += iters
+    def timed(loop):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loop.run(args.iters)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
-    ours_block(args.iters)  # warm up both
-    bare.run(args.iters)
-    times = {"trainer": [], "bare": []}
+    for loop in loops.values():  # warm-up block
+        timed(loop)
+    times = {name: [] for name in loops}
     for _ in range(args.blocks):
-        t0 = time.perf_counter()
-        ours_block(args.iters)
-        times["trainer"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        bare.run(args.iters)
-        times["bare"].append(time.perf_counter() - t0)
+        for name, loop in loops.items():
+            times[name].append(timed(loop))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"config={args.config} iters/block={args.iters} blocks={args.blocks} threads={torch.get_num_threads()}")
-    for k in ("bare", "trainer"):
-        print(f"{k:8s} median block {med[k]:.2f} s  ({args.iters / med[k]:.2f} it/s)  blocks: {', '.join(f'{t:.2f}' for t in times[k])}")
-    print(f"trainer / bare = {med['trainer'] / med['bare']:.3f}  (target <= 1.03)")
-    print(f"output: {out}")
 
-
-def _train_range(trainer, start, end):
-    """Run iterations [start, end) of `trainer` with all its hooks, as train() would."""
-    from zenith_det.engine.events import EventStorage
-
-    if trainer.storage is None:
-        trainer.storage = EventStorage(start).__enter__()
-        trainer.start_iter, trainer.max_iter = start, 10**9
-        trainer.before_train()
-    for trainer.iter in range(start, end):
-        trainer.before_step()
-        trainer.run_step()
-        trainer.after_step()
+    print(f"config={args.config} overrides={' '.join(args.opts) or '-'}")
+    print(f"device={device} iters/block={args.iters} blocks={args.blocks} threads={torch.get_num_threads()}")
+    for name in loops:
+        blocks = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"{name:24s} {1e3 * med[name] / args.iters:8.1f} ms/iter  ({args.iters / med[name]:6.2f} it/s)  blocks [s]: {blocks}")
+    first = f"Trainer[{args.optimizers[0]}]"
+    bare = f"bare loop[{args.optimizers[0]}]"
+    if bare in med:
+        print(f"engine overhead: {first} / {bare} = {med[first] / med[bare]:.3f}  (target <= 1.03)")
+    if "SGD" in args.optimizers:
+        for name in args.optimizers:
+            if name != "SGD":
+                print(f"iteration time Trainer[{name}] / Trainer[SGD] = {med[f'Trainer[{name}]'] / med['Trainer[SGD]']:.3f}")
 
 
 if __name__ == "__main__":
