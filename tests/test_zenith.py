@@ -365,3 +365,18 @@ def test_zenith_scheduler_scales_the_update():
         torch.testing.assert_close(before - p.detach(), sched.multiplier() * p.grad)
     # window [|4|, |1|]·sqrt(3): mean 2.5 against zenith 4 -> 0.625
     assert sched.multiplier().item() == pytest.approx(0.625)
+
+
+def test_zenith_scheduler_history_rides_in_the_optimizer_checkpoint():
+    p = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+    sched = ZenithScheduler(opt, window=3)
+    for g in (3.0, 1.0, 2.0):
+        p.grad = torch.full((3,), g)
+        opt.step()
+    state = opt.state_dict()
+    fresh = torch.optim.AdamW([p], lr=0.1, fused=True)
+    restored = ZenithScheduler(fresh, window=3)
+    fresh.load_state_dict(state)
+    assert restored.multiplier().item() == pytest.approx(2.0 / 3.0)
+    assert torch.equal(restored.history.norms, sched.history.norms)

@@ -29,7 +29,13 @@ class ZenithScheduler:
 
     Non-finite gradients leave the history untouched (see NormHistory); skipping the
     update itself is the wrapped optimizer's (or GradScaler's) business.
+
+    Checkpoints: the history rides inside ``optimizer.state_dict()`` (key
+    ``"zenith_history"``), so whatever saves the optimizer (our trainer,
+    detectron2, a hand-written loop) resumes the window and Z with it.
     """
+
+    STATE_KEY = "zenith_history"
 
     def __init__(self, optimizer: torch.optim.Optimizer, window: int = 500):
         self.optimizer = optimizer
@@ -40,7 +46,19 @@ class ZenithScheduler:
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
+            optimizer.register_state_dict_post_hook(self._save_with_optimizer),
+            optimizer.register_load_state_dict_pre_hook(self._load_with_optimizer),
         ]
+
+    def _save_with_optimizer(self, optimizer, state_dict):
+        state_dict[self.STATE_KEY] = self.state_dict()
+        return state_dict
+
+    def _load_with_optimizer(self, optimizer, state_dict):
+        if self.STATE_KEY in state_dict:
+            state_dict = dict(state_dict)
+            self.load_state_dict(state_dict.pop(self.STATE_KEY))
+        return state_dict
 
     def _before_step(self, optimizer, args, kwargs):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
