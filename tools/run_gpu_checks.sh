@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU checks the issues name, as one script for a CUDA machine:
+#   1. Zenith's CUDA tests (no host sync under torch.cuda.set_sync_debug_mode("error"), AMP, devices)
+#   2. tools/benchmark_optimizer.py on CUDA (CUDA events)
+#   3. Mask R-CNN R50-FPN training iterations, ZENITH against SGD (and the bare loop), bf16 and fp16
+# Results go to $OUT (default ./gpu_checks_out).
+set -uo pipefail
+OUT=${OUT:-gpu_checks_out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python3 - <<'PY' | tee "$OUT/env.txt"
+import torch, torchvision
+print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.cuda.get_device_name()}")
+PY
+python3 -m pytest -q -p no:cacheprovider tests/test_zenith_cuda.py tests/test_zenith.py 2>&1 | tail -4 | tee "$OUT/tests.txt"
+python3 tools/benchmark_optimizer.py --device cuda --threads 16 --rounds 50 --fwd-bwd-reps 5 2>&1 | tee "$OUT/benchmark_optimizer_cuda.txt"
+for dtype in bfloat16 float16; do
+  python3 tools/benchmark_engine.py --config configs/synthetic/mask_rcnn_R50_FPN_amp.yaml \
+      --optimizers ZENITH SGD --iters "${ITERS:-25}" --blocks "${BLOCKS:-4}" SOLVER.AMP.DTYPE "$dtype" \
+      2>&1 | grep -v " INFO: " | tee "$OUT/benchmark_engine_R50_$dtype.txt"
+done
