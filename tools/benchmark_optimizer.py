@@ -17,6 +17,7 @@ import torch
 import torchvision
 
 from zenith_det import Zenith, ZenithScheduler
+from zenith_det.solver import NormHistory, global_grad_norm
 
 
 def detection_params(device):
@@ -128,10 +129,16 @@ def main():
     time_it = timer(device)
     for opt in opts.values():  # first steps allocate state
         opt.step()
-    times = {name: [] for name in opts}
+    steps = {name: opt.step for name, opt in opts.items()}
+    # Zenith's two additions to a fused SGD step, timed alone.
+    zenith_grads = [p.grad for g in opts["Zenith"].param_groups for p in g["params"]]
+    steps["  part: global grad norm"] = lambda: global_grad_norm(zenith_grads, device)
+    part_history = NormHistory(500, device)
+    steps["  part: NormHistory.update"] = lambda: part_history.update(torch.ones((), device=device))
+    times = {name: [] for name in steps}
     for _ in range(args.rounds):
-        for name, opt in opts.items():
-            times[name].append(time_it(opt.step))
+        for name, step in steps.items():
+            times[name].append(time_it(step))
     med = {name: statistics.median(t) for name, t in times.items()}
     sync = check_no_sync(opts["Zenith"], device)
     fwd_bwd = forward_backward_seconds(device, args.fwd_bwd_reps) if args.fwd_bwd_reps > 0 else None
@@ -143,7 +150,11 @@ def main():
     if fwd_bwd:
         header += f" {'% of fwd+bwd':>13s}"
     print(header)
-    for name, opt in opts.items():
+    for name in steps:
+        if name not in opts:
+            print(f"{name:32s} {med[name] * 1e3:9.3f} {med[name] / med['SGD(foreach)']:14.3f} {med[name] / med['SGD(fused)']:12.3f}")
+            continue
+        opt = opts[name]
         base_state = adam_state if name.startswith("AdamW") else sgd_state
         extra = (state_bytes(opt) - base_state) / n_params
         history = opt._history if isinstance(opt, Zenith) else scheduler.history if "Zenith" in name else None

@@ -12,7 +12,8 @@ python3 - <<'PY' | tee "$OUT/env.txt"
 import torch, torchvision
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.cuda.get_device_name()}")
 PY
-python3 -m pytest -q -p no:cacheprovider tests/test_zenith_cuda.py tests/test_zenith.py 2>&1 | tail -4 | tee "$OUT/tests.txt"
+python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_zenith_cuda.py tests/test_zenith.py > "$OUT/tests.txt" 2>&1
+tail -3 "$OUT/tests.txt"
 python3 tools/benchmark_optimizer.py --device cuda --threads 16 --rounds 50 --fwd-bwd-reps 5 2>&1 | tee "$OUT/benchmark_optimizer_cuda.txt"
 for dtype in bfloat16 float16; do
   python3 tools/benchmark_engine.py --config configs/synthetic/mask_rcnn_R50_FPN_amp.yaml \

@@ -184,7 +184,7 @@ class SimpleTrainer(TrainerBase):
 
     def _on_nonfinite(self, loss_dict):
         self.nonfinite_in_a_row += 1
-        bad = ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
+        bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
         logger.warning("iteration %d: non-finite loss (%s); update skipped", self.iter, bad)
         self.storage.put_scalar("nonfinite_losses", self.nonfinite_in_a_row, smoothing_hint=False)
         if self.nonfinite_in_a_row >= self.max_nonfinite:

@@ -1,4 +1,5 @@
 """Backbones with FPN, built without ever downloading weights."""
+import logging
 import os
 
 import torch
@@ -9,6 +10,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import UserError
+
+logger = logging.getLogger(__name__)
 
 _NORMS = {"FrozenBN": FrozenBatchNorm2d, "BN": nn.BatchNorm2d}
 
@@ -33,6 +36,12 @@ def build_backbone(cfg) -> nn.Module:
     weights = cfg.MODEL.BACKBONE.WEIGHTS
     if weights:
         _load_imagenet_weights(body, weights)
+    elif cfg.MODEL.BACKBONE.NORM == "FrozenBN" and not cfg.MODEL.WEIGHTS:
+        # Frozen identity statistics normalise nothing: a from-scratch ResNet then diverges.
+        logger.warning(
+            "MODEL.BACKBONE.NORM is FrozenBN but no pretrained weights are given (MODEL.BACKBONE.WEIGHTS, "
+            "MODEL.WEIGHTS): training from scratch needs MODEL.BACKBONE.NORM BN or GN"
+        )
     trainable = cfg.MODEL.BACKBONE.TRAINABLE_LAYERS
     if not 0 <= trainable <= 5:
         raise UserError(f"MODEL.BACKBONE.TRAINABLE_LAYERS: {trainable} is not in 0..5")

@@ -5,9 +5,12 @@ tensors on the gradients' device and every update is branch-free, so feeding
 it a norm never makes the host wait for the device.
 """
 from collections import defaultdict
+import logging
 from typing import Dict, Iterable, List
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def global_grad_norm(grads: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -53,7 +56,14 @@ class NormHistory:
         m_t  = mu_t / Z_t            (1 when Z_t is 0: nothing was learnt yet)
     A non-finite g leaves the window, Z and m untouched and counts as skipped: an
     inf in Z would otherwise pin the learning rate at zero for the rest of training.
+
+    On CUDA the update is some twenty scalar kernels whose launch cost, not their
+    work, is what a step would pay; so the first update captures them in a CUDA
+    graph and every later one is a single replay. (The capture waits for the device
+    once; if capturing fails the eager kernels are used.)
     """
+
+    _STATE = ("norms", "pos", "count", "zenith", "mult", "last_norm", "skipped")
 
     def __init__(self, window: int, device=None):
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
@@ -67,16 +77,45 @@ class NormHistory:
         self.mult = torch.ones((), dtype=torch.float32, device=device)
         self.last_norm = torch.zeros((), dtype=torch.float32, device=device)
         self.skipped = torch.zeros((), dtype=torch.int64, device=device)
+        # 1.0 when the last norm was non-finite: the `found_inf` of a fused kernel.
+        self.skip_flag = torch.zeros((), dtype=torch.float32, device=device)
+        self._graph = None  # None: not captured yet; False: capture failed, stay eager
+        self._graph_input = None
 
     @property
     def device(self) -> torch.device:
         return self.norms.device
 
     def update(self, norm: torch.Tensor) -> torch.Tensor:
-        """Record one gradient norm; returns (a view of) the multiplier m_t."""
+        """Record one gradient norm; returns the multiplier m_t (a 0-dim tensor)."""
         norm = norm.to(device=self.device, dtype=torch.float32).reshape(())
+        if self.device.type == "cuda" and self._graph is not False:
+            self._replay(norm)
+        else:
+            self._record(norm)
+        return self.mult
+
+    def _replay(self, norm: torch.Tensor) -> None:
+        if self._graph is None:
+            try:
+                self._graph_input = torch.zeros((), dtype=torch.float32, device=self.device)
+                graph = torch.cuda.CUDAGraph()
+                # Capturing records the kernels without running them: the state is untouched.
+                with torch.cuda.graph(graph):
+                    self._record(self._graph_input)
+                self._graph = graph
+            except RuntimeError as e:
+                logger.warning("ZENITH: CUDA graph capture failed (%s); using eager kernels", e)
+                self._graph = False
+                self._record(norm)
+                return
+        self._graph_input.copy_(norm)
+        self._graph.replay()
+
+    def _record(self, norm: torch.Tensor) -> None:
         finite = torch.isfinite(norm)
         self.last_norm.copy_(norm)
+        self.skip_flag.copy_((~finite).to(torch.float32))
         slot = self.pos.reshape(1)
         kept = torch.where(finite, norm, self.norms.gather(0, slot)[0])
         self.norms.index_put_((slot,), kept.reshape(1))
@@ -90,23 +129,11 @@ class NormHistory:
         self.zenith.copy_(zenith)
         mult = torch.where(zenith > 0, mean / torch.where(zenith > 0, zenith, 1.0), 1.0)
         self.mult.copy_(torch.where(finite, mult, self.mult))
-        return self.mult
-
-    def finite(self) -> torch.Tensor:
-        """Whether the last recorded norm was finite (a 0-dim bool tensor)."""
-        return torch.isfinite(self.last_norm)
 
     def state_dict(self) -> dict:
-        return {
-            "window": self.window,
-            "norms": self.norms.clone(),
-            "pos": self.pos.clone(),
-            "count": self.count.clone(),
-            "zenith": self.zenith.clone(),
-            "mult": self.mult.clone(),
-            "last_norm": self.last_norm.clone(),
-            "skipped": self.skipped.clone(),
-        }
+        state = {key: getattr(self, key).clone() for key in self._STATE}
+        state["window"] = self.window
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["window"]) != self.window:
@@ -114,10 +141,7 @@ class NormHistory:
                 f"window mismatch: the saved history has window={state['window']}, this one {self.window}; "
                 "build the optimizer with the saved window (SOLVER.ZENITH.WINDOW) to resume"
             )
-        for key in ("norms", "pos", "count", "zenith", "mult", "last_norm", "skipped"):
+        # In place: a captured CUDA graph keeps pointing at these tensors.
+        for key in self._STATE:
             getattr(self, key).copy_(state[key])
-
-    def to(self, device) -> "NormHistory":
-        for key in ("norms", "pos", "count", "zenith", "mult", "last_norm", "skipped"):
-            setattr(self, key, getattr(self, key).to(device))
-        return self
+        self.skip_flag.copy_((~torch.isfinite(self.last_norm)).to(torch.float32))

@@ -139,7 +139,7 @@ class Zenith(Optimizer):
         grad_scale: Optional[torch.Tensor] = getattr(self, "grad_scale", None)
         found_inf: Optional[torch.Tensor] = getattr(self, "found_inf", None)
         mult = history.update(unscaled_step_norm(all_grads, history.device, grad_scale, found_inf))
-        skip = (~history.finite()).to(torch.float32)
+        skip = history.skip_flag
 
         for group, params in zip(self.param_groups, params_per_group):
             if params:
