@@ -151,7 +151,7 @@ def test_nonfinite_losses_are_skipped_then_abort(tiny_cfg):
 
     class Snap(HookBase):
         def before_step(self):
-            snapshots[self.trainer.iter] = {k: p.detach().clone() for k, p in self.trainer.model.named_parameters()}
+            snapshots[self.trainer.iter] = weights(self.trainer)
 
     trainer.register_hooks([NaNLoss({2}), Snap()])
     trainer.resume_or_load(resume=False)

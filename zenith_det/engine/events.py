@@ -45,7 +45,15 @@ class EventStorage:
     def _flush(self) -> None:
         if not self._pending:
             return
-        values = torch.stack([v.float().cpu() for _, v, _ in self._pending]).tolist()
+        # One device-to-host copy per device, not one per value.
+        values = [None] * len(self._pending)
+        by_device = {}
+        for i, (_, v, _) in enumerate(self._pending):
+            by_device.setdefault(v.device, []).append(i)
+        for indices in by_device.values():
+            stacked = torch.stack([self._pending[i][1].float() for i in indices]).cpu().tolist()
+            for i, value in zip(indices, stacked):
+                values[i] = value
         for (name, _, iteration), value in zip(self._pending, values):
             self._record(name, value, iteration)
         self._pending.clear()

@@ -22,10 +22,17 @@ logger = logging.getLogger(__name__)
 
 
 class IterationTimer(HookBase):
+    """Times each step; `mean_step_seconds` is a moving average after a few warm-up steps.
+
+    Warm-up steps are slow (allocation, workers starting), so they only stand in
+    for the average while nothing better is known (a resume restores the average).
+    """
+
     def __init__(self, warmup_iters: int = 3):
         self._warmup = warmup_iters
         self._step_start = None
         self.mean_step_seconds = None
+        self._from_warmup = False
 
     def before_step(self):
         self._step_start = time.perf_counter()
@@ -33,9 +40,13 @@ class IterationTimer(HookBase):
     def after_step(self):
         seconds = time.perf_counter() - self._step_start
         self.trainer.storage.put_scalar("time", seconds)
-        if self.trainer.iter - self.trainer.start_iter >= self._warmup:
-            prev = self.mean_step_seconds
-            self.mean_step_seconds = seconds if prev is None else 0.9 * prev + 0.1 * seconds
+        if self.trainer.iter - self.trainer.start_iter < self._warmup:
+            if self.mean_step_seconds is None or self._from_warmup:
+                self.mean_step_seconds, self._from_warmup = seconds, True
+        elif self._from_warmup or self.mean_step_seconds is None:
+            self.mean_step_seconds, self._from_warmup = seconds, False
+        else:
+            self.mean_step_seconds = 0.9 * self.mean_step_seconds + 0.1 * seconds
 
 
 class LRScheduler(HookBase):
@@ -96,10 +107,18 @@ class WallClockBudget(HookBase):
             self.trainer.request_stop("budget")
 
     def state_dict(self):
-        return {"spent_seconds": self.elapsed()}
+        # The timings too: a resumed run must not start blind to how long a step takes.
+        return {
+            "spent_seconds": self.elapsed(),
+            "step_seconds": self.timer.mean_step_seconds,
+            "checkpoint_seconds": self.checkpoint_seconds,
+        }
 
     def load_state_dict(self, state):
         self.spent_before = float(state["spent_seconds"])
+        self.checkpoint_seconds = float(state.get("checkpoint_seconds", 0.0))
+        if state.get("step_seconds") is not None and self.timer.mean_step_seconds is None:
+            self.timer.mean_step_seconds = float(state["step_seconds"])
 
 
 class PreemptionHandler(HookBase):

@@ -119,7 +119,7 @@ class SimpleTrainer(TrainerBase):
     """One optimizer step per iteration: data, forward, backward, (AMP, clipping), step.
 
     A non-finite loss skips the iteration's update entirely (no backward, no
-    optimizer or ZENITH state change). After `max_nonfinite` in a row it raises
+    optimizer or ZENITH state change, BatchNorm statistics restored). After `max_nonfinite` in a row it raises
     FloatingPointError naming the iteration.
     """
 
@@ -137,6 +137,14 @@ class SimpleTrainer(TrainerBase):
         self.grad_clipper = grad_clipper
         self.max_nonfinite = max_nonfinite
         self.nonfinite_in_a_row = 0
+        # BatchNorm running statistics change in every training forward; a forward that
+        # overflows would write inf into them and poison every later iteration, so
+        # they are copied before each forward and put back when the loss is non-finite.
+        self._norm_stats = [
+            buf for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None
+        ]
+        self._norm_stats_backup = [buf.clone() for buf in self._norm_stats]
         self.last_good_checkpoint = "none yet"
 
     @property
@@ -152,12 +160,16 @@ class SimpleTrainer(TrainerBase):
         images = [img.to(self.device, non_blocking=True) for img in images]
         targets = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
 
+        if self._norm_stats:
+            torch._foreach_copy_(self._norm_stats_backup, self._norm_stats)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             loss_dict = self.model(images, targets)
         losses = sum(loss_dict.values())
         self.storage.put_scalar("data_time", data_time)
         # One host sync: deciding to skip needs the value, as detectron2's loss check does.
         if not torch.isfinite(losses).item():
+            if self._norm_stats:
+                torch._foreach_copy_(self._norm_stats, self._norm_stats_backup)
             self._on_nonfinite(loss_dict)
             return
         self.nonfinite_in_a_row = 0

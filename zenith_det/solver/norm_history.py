@@ -26,7 +26,13 @@ def global_grad_norm(grads: Iterable[torch.Tensor], device: torch.device) -> tor
         return torch.zeros((), dtype=torch.float32, device=device)
     norms = []
     for dev_grads in by_device.values():
-        norms.extend(torch._foreach_norm(dev_grads, 2.0, dtype=torch.float32))
+        full = [g for g in dev_grads if g.dtype in (torch.float32, torch.float64)]
+        low = [g for g in dev_grads if g.dtype not in (torch.float32, torch.float64)]
+        # dtype= takes foreach_norm off its fused CUDA path, so ask for it only where needed.
+        if full:
+            norms.extend(n.float() for n in torch._foreach_norm(full, 2.0))
+        if low:
+            norms.extend(torch._foreach_norm(low, 2.0, dtype=torch.float32))
     if len(by_device) > 1:
         norms = [n.to(device, non_blocking=True) for n in norms]
     return torch.linalg.vector_norm(torch.stack(norms))
