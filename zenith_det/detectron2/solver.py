@@ -17,8 +17,7 @@ import detectron2.solver
 import detectron2.solver.build as d2_solver_build
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-from ..errors import UserError
-from ..solver import OPTIMIZER_REGISTRY
+from ..solver import lookup_optimizer
 
 __all__ = ["build_optimizer", "register", "unregister", "is_registered"]
 
@@ -42,12 +41,9 @@ def build_optimizer(cfg, model):
     A config without SOLVER.OPTIMIZER (add_zenith_config not called) gets SGD, as
     detectron2 alone would.
     """
-    name = str(cfg.SOLVER.get("OPTIMIZER", "SGD")).upper()
-    if name == "SGD":
+    if str(cfg.SOLVER.get("OPTIMIZER", "SGD")).upper() == "SGD":
         return _D2_BUILD_OPTIMIZER(cfg, model)
-    if name not in OPTIMIZER_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in OPTIMIZER_REGISTRY))
-        raise UserError(f"SOLVER.OPTIMIZER: unknown optimizer {cfg.SOLVER.OPTIMIZER!r}; choose one of {known}")
+    make = lookup_optimizer(cfg)
     params = get_default_optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
@@ -58,8 +54,7 @@ def build_optimizer(cfg, model):
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
-    optimizer = OPTIMIZER_REGISTRY.get(name)(cfg, params)
-    return maybe_add_gradient_clipping(cfg, optimizer)
+    return maybe_add_gradient_clipping(cfg, make(cfg, params))
 
 
 def register():

@@ -8,5 +8,6 @@ from .build import (
     build_lr_scheduler,
     build_optimizer,
     get_default_optimizer_params,
+    lookup_optimizer,
     lr_multiplier_source,
 )

@@ -101,11 +101,17 @@ def get_default_optimizer_params(
     return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in merged.items()]
 
 
-def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    name = cfg.SOLVER.OPTIMIZER.upper()
+def lookup_optimizer(cfg) -> Callable:
+    """The registry entry SOLVER.OPTIMIZER names (any case), or a UserError listing the choices."""
+    name = str(cfg.SOLVER.OPTIMIZER).upper()
     if name not in OPTIMIZER_REGISTRY:
         known = ", ".join(sorted(k for k, _ in OPTIMIZER_REGISTRY))
         raise UserError(f"SOLVER.OPTIMIZER: unknown optimizer {cfg.SOLVER.OPTIMIZER!r}; choose one of {known}")
+    return OPTIMIZER_REGISTRY.get(name)
+
+
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    make = lookup_optimizer(cfg)
     params = get_default_optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
@@ -114,7 +120,7 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
-    return OPTIMIZER_REGISTRY.get(name)(cfg, params)
+    return make(cfg, params)
 
 
 def lr_multiplier_source(optimizer):
