@@ -105,11 +105,14 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tiny_cfg, capsys):
 def test_resume_with_changed_model_is_a_clear_error(tiny_cfg):
     cfg = tiny_cfg.clone()
     run(cfg, extra_hooks=[StopAt(2)])
+    saved_config = open(os.path.join(cfg.OUTPUT_DIR, "config.yaml")).read()
     cfg.MODEL.FPN.OUT_CHANNELS = 32
     default_setup(cfg, resume=True)
     trainer = Trainer(cfg)
     with pytest.raises(UserError, match="different model"):
         trainer.resume_or_load(resume=True)
+    # The config the error points the user to is still the one that wrote the checkpoint.
+    assert open(os.path.join(cfg.OUTPUT_DIR, "config.yaml")).read() == saved_config
 
 
 def test_new_run_over_an_earlier_one_is_refused(tiny_cfg):

@@ -85,10 +85,6 @@ def default_setup(cfg: CfgNode, resume: bool) -> None:
         cfg.SEED = int.from_bytes(os.urandom(3), "little")
         if was_frozen:
             cfg.freeze()
-    if comm.is_main_process():
-        path = os.path.join(out, "config.yaml")
-        atomic_write_bytes(path, lambda f: f.write(cfg.dump().encode()))
-        logger.info("Full config saved to %s (SEED=%d)", path, cfg.SEED)
     logger.info("Command line: %s", " ".join(sys.argv))
     seed_all_rng(cfg.SEED + comm.get_rank())
     if cfg.DETERMINISTIC:
@@ -178,6 +174,7 @@ class Trainer(SimpleTrainer):
             amp_dtype=amp_dtype,
             grad_clipper=build_gradient_clipper(cfg),
             max_nonfinite=cfg.SOLVER.MAX_NONFINITE_STEPS,
+            grad_norm_period=cfg.LOG_PERIOD,
         )
         self.checkpointer = AtomicCheckpointer(
             model,
@@ -236,6 +233,12 @@ class Trainer(SimpleTrainer):
     def train(self):
         if self.data_loader is None:
             self.data_loader = build_detection_train_loader(self.cfg, start_iter=self.start_iter)
+        # Only now, with the data and any resume checked: a refused run must not
+        # overwrite the config of the run it refused to touch.
+        if comm.is_main_process():
+            path = os.path.join(self.cfg.OUTPUT_DIR, "config.yaml")
+            atomic_write_bytes(path, lambda f: f.write(self.cfg.dump().encode()))
+            logger.info("Full config saved to %s (SEED=%d)", path, self.cfg.SEED)
         super().train(self.start_iter, self.cfg.SOLVER.MAX_ITER)
         return getattr(self._eval_hook(), "latest_results", None)
 
