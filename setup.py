@@ -1,5 +1,13 @@
 from setuptools import find_packages, setup
 
+BASELINES = [
+    "pytorch-optimizer>=4.1",  # DADAPT_SGD, PRODIGY, ALIG, SCHEDULEFREE_SGD_PO
+    "schedulefree>=1.4",  # SCHEDULEFREE_SGD (the reference implementation)
+    "dog-optimizer>=1.0.3",  # DOG, LDOG (imported as `dog`)
+    "dowgopt>=0.13",  # DOWG (its module `dowg` is loaded from the dowgopt distribution)
+    "parameterfree>=0.0.1",  # COCOB
+]
+
 setup(
     name="zenith_det",
     version="0.1.0",
@@ -17,7 +25,11 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest>=7", "faster-coco-eval>=1.6"],
+        # The baselines and matplotlib too, so CI runs tests/test_baselines.py and
+        # tests/test_compare.py instead of skipping them (all small, pure-python wheels but matplotlib).
+        "test": ["pytest>=7", "faster-coco-eval>=1.6", "matplotlib>=3.7"] + BASELINES,
+        # The optimizers tools/compare.py races ZENITH against (zenith_det/solver/baselines.py).
+        "baselines": BASELINES,
         "fast_eval": ["faster-coco-eval>=1.6"],
         "plots": ["matplotlib>=3.7"],
         # detectron2 is not on the package registry: install it from source yourself

@@ -21,6 +21,13 @@ from .train_loop import HookBase
 logger = logging.getLogger(__name__)
 
 
+def _use_eval_weights(trainer) -> None:
+    """Schedule-free optimizers evaluate and save their averaged weights (SimpleTrainer.use_eval_weights)."""
+    switch = getattr(trainer, "use_eval_weights", None)
+    if switch is not None:
+        switch()
+
+
 class IterationTimer(HookBase):
     """Times each step; `mean_step_seconds` is a moving average after a few warm-up steps.
 
@@ -179,6 +186,7 @@ class PeriodicCheckpointer(HookBase):
     def save(self, iteration: int, final: bool = False):
         start = time.perf_counter()
         name = "model_final" if final else f"model_{iteration:07d}"
+        _use_eval_weights(self.trainer)
         if self.checkpointer.save_checked(name, iteration=iteration):
             self.trainer.last_good_checkpoint = self.checkpointer.get_checkpoint_file()
             self.checkpointer.prune(self.max_to_keep)
@@ -212,6 +220,7 @@ class EvalHook(HookBase):
         return self.estimate_seconds() if self.estimate_seconds is not None else 0.0
 
     def _do_eval(self):
+        _use_eval_weights(self.trainer)
         start = time.perf_counter()
         results = self.eval_function()
         self.last_seconds = time.perf_counter() - start

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import torch
 
+from ..solver import global_grad_norm
 from .events import EventStorage
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,10 @@ class SimpleTrainer(TrainerBase):
     FloatingPointError naming the iteration.
     """
 
-    def __init__(self, model, data_loader, optimizer, *, amp_dtype=None, grad_clipper=None, max_nonfinite: int = 20):
+    def __init__(
+        self, model, data_loader, optimizer, *, amp_dtype=None, grad_clipper=None, max_nonfinite: int = 20,
+        grad_norm_period: int = 0,
+    ):
         super().__init__()
         self.model = model
         self.data_loader = data_loader
@@ -135,6 +139,22 @@ class SimpleTrainer(TrainerBase):
             torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
         )
         self.grad_clipper = grad_clipper
+        # Every `grad_norm_period` iterations the global gradient norm (as the step sees
+        # it: after clipping, before the update) goes to the storage as "grad_norm", for
+        # every optimizer; a tensor, read by the writer at its own period.
+        self.grad_norm_period = grad_norm_period
+        # Optimizers that need more than step() (see zenith_det/solver/baselines.py):
+        # ALI-G wants the loss through a closure; schedule-free keeps evaluation weights
+        # apart from training weights and switches with train()/eval().
+        self._needs_loss = bool(getattr(optimizer, "needs_loss_closure", False))
+        self._switches_weights = callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
+        if self._needs_loss and self.grad_scaler is not None:
+            from ..errors import UserError
+
+            raise UserError(
+                f"SOLVER.OPTIMIZER: {type(optimizer).__name__} needs the loss in step(closure), which "
+                "torch.amp.GradScaler does not support; use SOLVER.AMP.DTYPE bfloat16 or turn SOLVER.AMP off"
+            )
         self.max_nonfinite = max_nonfinite
         self.nonfinite_in_a_row = 0
         # BatchNorm running statistics change in every training forward; a forward that
@@ -153,7 +173,19 @@ class SimpleTrainer(TrainerBase):
             self._data_iter = iter(self.data_loader)
         return self._data_iter
 
+    def use_eval_weights(self) -> None:
+        """Put the weights meant for evaluation and checkpoints into the model.
+
+        For schedule-free optimizers that is their averaged point (`optimizer.eval()`);
+        the next training step switches back (`optimizer.train()`). A no-op otherwise.
+        The evaluation and checkpoint hooks call it.
+        """
+        if self._switches_weights:
+            self.optimizer.eval()
+
     def run_step(self):
+        if self._switches_weights:
+            self.optimizer.train()  # a no-op when already in training mode
         start = time.perf_counter()
         images, targets = next(self.data_iter)
         data_time = time.perf_counter() - start
@@ -180,16 +212,29 @@ class SimpleTrainer(TrainerBase):
             if self.grad_clipper is not None:
                 self.grad_scaler.unscale_(self.optimizer)
                 self.grad_clipper(self._params())
+            self._log_grad_norm(scaled=self.grad_clipper is None)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             losses.backward()
             if self.grad_clipper is not None:
                 self.grad_clipper(self._params())
-            self.optimizer.step()
+            self._log_grad_norm()
+            if self._needs_loss:
+                self.optimizer.step(lambda: float(losses.detach()))
+            else:
+                self.optimizer.step()
         self.storage.put_scalar("total_loss", losses)
         for name, value in loss_dict.items():
             self.storage.put_scalar(name, value)
+
+    def _log_grad_norm(self, scaled: bool = False) -> None:
+        if self.grad_norm_period <= 0 or (self.iter + 1) % self.grad_norm_period:
+            return
+        norm = global_grad_norm([p.grad for p in self._params()], self.device)
+        if scaled:  # AMP float16 without clipping: the grads still carry the loss scale
+            norm = norm / self.grad_scaler._scale.to(norm.device)
+        self.storage.put_scalar("grad_norm", norm, smoothing_hint=False)
 
     def _params(self):
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]

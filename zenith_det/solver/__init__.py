@@ -11,3 +11,6 @@ from .build import (
     lookup_optimizer,
     lr_multiplier_source,
 )
+# The comparison baselines (DADAPT_SGD, PRODIGY, ALIG, SCHEDULEFREE_SGD, DOG, LDOG, DOWG,
+# COCOB): always registered; each imports its package only when built.
+from .baselines import effective_lr

@@ -27,6 +27,7 @@ OPTIMIZER_REGISTRY = Registry("OPTIMIZER")
 OPTIMIZER_REGISTRY.__doc__ = "SOLVER.OPTIMIZER -> fn(cfg, param_groups) -> torch.optim.Optimizer"
 
 # ZENITH is its own schedule: after the (optional) warmup its base lr stays put.
+# baselines.py adds the automatic-LR methods (also constant after warmup).
 DEFAULT_LR_SCHEDULER = {"ZENITH": "WarmupConstantLR"}
 
 _NORM_TYPES = (
