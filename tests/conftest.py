@@ -1,3 +1,4 @@
+import logging
 import os
 
 import pytest
@@ -9,6 +10,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Tests run on 2 cores; more threads only add contention.
 torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _restore_zenith_logger():
+    """default_setup() takes over the zenith_det logger (propagation off, its own handlers);
+    give it back afterwards, so later tests that read logs with caplog still see them."""
+    logger = logging.getLogger("zenith_det")
+    propagate, level, handlers = logger.propagate, logger.level, list(logger.handlers)
+    yield
+    for h in list(logger.handlers):
+        if h not in handlers:
+            logger.removeHandler(h)
+            h.close()
+    for h in handlers:
+        if h not in logger.handlers:
+            logger.addHandler(h)
+    logger.propagate, logger.level = propagate, level
 
 
 @pytest.fixture(scope="session")

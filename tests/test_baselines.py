@@ -3,7 +3,6 @@ calls (ALI-G's closure, schedule-free's train()/eval()) happen; a missing packag
 import importlib
 import importlib.metadata
 import json
-import logging
 import math
 import os
 import sys
@@ -30,23 +29,6 @@ BASELINES = {
     "DOWG": ("dowgopt", 0.02),
     "COCOB": ("parameterfree", 0.02),
 }
-
-
-@pytest.fixture(autouse=True)
-def _restore_zenith_logger():
-    """default_setup() takes over the zenith_det logger (propagation off, its own handlers);
-    give it back afterwards, so later tests that read logs with caplog still see them."""
-    logger = logging.getLogger("zenith_det")
-    propagate, level, handlers = logger.propagate, logger.level, list(logger.handlers)
-    yield
-    for h in list(logger.handlers):
-        if h not in handlers:
-            logger.removeHandler(h)
-            h.close()
-    for h in handlers:
-        if h not in logger.handlers:
-            logger.addHandler(h)
-    logger.propagate, logger.level = propagate, level
 
 
 def _need(module):

@@ -3,7 +3,6 @@ short in-process run of the compare probe): the table, the figures, sync counts,
 import argparse
 import importlib.util
 import json
-import logging
 import os
 import sys
 
@@ -25,23 +24,6 @@ def _load_tool(name):
 
 compare = _load_tool("compare")
 plot_metrics = _load_tool("plot_metrics")
-
-
-@pytest.fixture(autouse=True)
-def _restore_zenith_logger():
-    """default_setup() takes over the zenith_det logger (propagation off, its own handlers);
-    give it back afterwards, so later tests that read logs with caplog still see them."""
-    logger = logging.getLogger("zenith_det")
-    propagate, level, handlers = logger.propagate, logger.level, list(logger.handlers)
-    yield
-    for h in list(logger.handlers):
-        if h not in handlers:
-            logger.removeHandler(h)
-            h.close()
-    for h in handlers:
-        if h not in logger.handlers:
-            logger.addHandler(h)
-    logger.propagate, logger.level = propagate, level
 
 
 def _write_lines(path, records, extra_text=""):

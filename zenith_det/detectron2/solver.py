@@ -17,7 +17,7 @@ import detectron2.solver
 import detectron2.solver.build as d2_solver_build
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-from ..solver import lookup_optimizer
+from ..solver import lookup_optimizer, param_group_settings
 
 __all__ = ["build_optimizer", "register", "unregister", "is_registered"]
 
@@ -44,16 +44,9 @@ def build_optimizer(cfg, model):
     if str(cfg.SOLVER.get("OPTIMIZER", "SGD")).upper() == "SGD":
         return _D2_BUILD_OPTIMIZER(cfg, model)
     make = lookup_optimizer(cfg)
-    params = get_default_optimizer_params(
-        model,
-        base_lr=cfg.SOLVER.BASE_LR,
-        # Per group, so optimizers whose registry entry sets no weight_decay (ZENITH
-        # takes it from the groups) still get detectron2's SOLVER.WEIGHT_DECAY.
-        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-    )
+    # detectron2's own group rules; weight decay per group, since registry entries
+    # (ZENITH's, say) take it from the groups.
+    params = get_default_optimizer_params(model, **param_group_settings(cfg))
     return maybe_add_gradient_clipping(cfg, make(cfg, params))
 
 

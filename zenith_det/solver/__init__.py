@@ -9,6 +9,7 @@ from .build import (
     build_optimizer,
     get_default_optimizer_params,
     lookup_optimizer,
+    param_group_settings,
     lr_multiplier_source,
 )
 # The comparison baselines (DADAPT_SGD, PRODIGY, ALIG, SCHEDULEFREE_SGD, DOG, LDOG, DOWG,

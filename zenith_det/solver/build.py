@@ -111,17 +111,21 @@ def lookup_optimizer(cfg) -> Callable:
     return OPTIMIZER_REGISTRY.get(name)
 
 
-def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    make = lookup_optimizer(cfg)
-    params = get_default_optimizer_params(
-        model,
+def param_group_settings(cfg) -> dict:
+    """The SOLVER.* keys of the parameter-group rules, as keyword arguments of
+    `get_default_optimizer_params` (ours and detectron2's take the same names)."""
+    return dict(
         base_lr=cfg.SOLVER.BASE_LR,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
-    return make(cfg, params)
+
+
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    make = lookup_optimizer(cfg)
+    return make(cfg, get_default_optimizer_params(model, **param_group_settings(cfg)))
 
 
 def lr_multiplier_source(optimizer):
