@@ -185,19 +185,9 @@ def plot_runs(runs: Dict[str, List[dict]], out_dir: str, title: str = "", prefix
     written.append(_save(fig, out_dir, prefix + "map_vs_time.png", plt))
 
     # 2. Total loss against iteration.
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, (label, recs) in enumerate(runs.items()):
-        xs, ys = series(recs, "total_loss")
-        if xs:
-            ax.plot(xs, ys, label=label, **_style(i))
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("total training loss (median over the log window)")
-    ax.set_yscale("log")
-    ax.set_title("training loss against iteration")
-    ax.grid(alpha=0.3, which="both")
-    _legend(fig, ax)
-    _suptitle(fig, title)
-    written.append(_save(fig, out_dir, prefix + "loss.png", plt))
+    written.append(_log_scale_plot(
+        plt, runs, lambda recs: series(recs, "total_loss"), "total training loss (median over the log window)",
+        "training loss against iteration", title, out_dir, prefix + "loss.png"))
 
     # 3. Step size and ZENITH's multiplier against iteration.
     has_mult = any(series(recs, "zenith/multiplier")[0] for recs in runs.values())
@@ -231,20 +221,27 @@ def plot_runs(runs: Dict[str, List[dict]], out_dir: str, title: str = "", prefix
     written.append(_save(fig, out_dir, prefix + "lr.png", plt))
 
     # 4. Global gradient norm against iteration.
+    written.append(_log_scale_plot(
+        plt, runs, grad_norm_series, "||g_t||, global L2 norm of the gradients",
+        "gradient norm (before the update) against iteration", title, out_dir, prefix + "grad_norm.png"))
+    return written
+
+
+def _log_scale_plot(plt, runs, get_series, ylabel, axis_title, title, out_dir, filename):
+    """One line per run of a per-iteration quantity, on a log scale."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (label, recs) in enumerate(runs.items()):
-        xs, ys = grad_norm_series(recs)
+        xs, ys = get_series(recs)
         if xs:
             ax.plot(xs, ys, label=label, **_style(i))
     ax.set_xlabel("iteration")
-    ax.set_ylabel("||g_t||, global L2 norm of the gradients")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
-    ax.set_title("gradient norm (before the update) against iteration")
+    ax.set_title(axis_title)
     ax.grid(alpha=0.3, which="both")
     _legend(fig, ax)
     _suptitle(fig, title)
-    written.append(_save(fig, out_dir, prefix + "grad_norm.png", plt))
-    return written
+    return _save(fig, out_dir, filename, plt)
 
 
 def _suptitle(fig, title):
