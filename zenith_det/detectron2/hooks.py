@@ -8,6 +8,7 @@ from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 
 from ..solver import lr_multiplier_source
+from ..utils.budget import BudgetClock
 
 __all__ = ["ZenithMetricsHook", "WallClockBudget", "BudgetExhausted", "train_within_budget"]
 
@@ -83,7 +84,7 @@ def _timed(fn, record, clock):
     return wrapper
 
 
-class WallClockBudget(HookBase):
+class WallClockBudget(BudgetClock, HookBase):
     """End training within `max_seconds` of wall clock, counted across resumes.
 
     After each iteration it asks whether continuing still fits: the periodic
@@ -114,28 +115,16 @@ class WallClockBudget(HookBase):
     """
 
     def __init__(self, max_seconds: float, eval_estimate_seconds: float = 0.0, clock=time.perf_counter):
-        self.max_seconds = float(max_seconds)
+        super().__init__(max_seconds, clock)
         self.eval_estimate_seconds = float(eval_estimate_seconds)
-        self.clock = clock
-        self.spent_before = 0.0
         self.step_seconds = None  # moving average, after the first iterations
         self.checkpoint_seconds = 0.0
         self.eval_seconds = None
         self.stop_at = None  # the iteration index training must not start
-        self._session_start = None
         self._step_start = None
         self._restore = []
         self._checkpoint_hooks = []
         self._eval_hooks = []
-
-    # -- clock --
-    def elapsed(self) -> float:
-        if self._session_start is None:
-            return self.spent_before
-        return self.spent_before + self.clock() - self._session_start
-
-    def remaining(self) -> float:
-        return self.max_seconds - self.elapsed()
 
     def _eval_estimate(self) -> float:
         return self.eval_seconds if self.eval_seconds is not None else self.eval_estimate_seconds
@@ -161,7 +150,7 @@ class WallClockBudget(HookBase):
 
     # -- hook --
     def before_train(self):
-        self._session_start = self.clock()
+        self.start_session()
         self.stop_at = None
         if self.max_seconds <= 0:
             return

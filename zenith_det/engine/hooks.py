@@ -16,6 +16,7 @@ import torch
 
 from ..solver import lr_multiplier_source
 from ..utils import comm
+from ..utils.budget import BudgetClock
 from .train_loop import HookBase
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class LRScheduler(HookBase):
         self.scheduler.step()
 
 
-class WallClockBudget(HookBase):
+class WallClockBudget(BudgetClock, HookBase):
     """Stop at SOLVER.MAX_TIME_HOURS of wall clock, counted across resumes.
 
     It stops early enough that one more iteration, the final checkpoint and the
@@ -84,23 +85,13 @@ class WallClockBudget(HookBase):
     """
 
     def __init__(self, max_seconds: float, timer: IterationTimer, eval_hook=None):
-        self.max_seconds = max_seconds
+        super().__init__(max_seconds)
         self.timer = timer
         self.eval_hook = eval_hook
-        self.spent_before = 0.0
-        self._session_start = None
         self.checkpoint_seconds = 0.0
 
     def before_train(self):
-        self._session_start = time.perf_counter()
-
-    def elapsed(self) -> float:
-        if self._session_start is None:
-            return self.spent_before
-        return self.spent_before + time.perf_counter() - self._session_start
-
-    def remaining(self) -> float:
-        return self.max_seconds - self.elapsed()
+        self.start_session()
 
     def reserve(self) -> float:
         final_eval = self.eval_hook.expected_seconds() if self.eval_hook is not None else 0.0
