@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import torch
 
-from ..solver import global_grad_norm
+from ..solver import unscaled_step_norm
 from .events import EventStorage
 
 logger = logging.getLogger(__name__)
@@ -231,9 +231,9 @@ class SimpleTrainer(TrainerBase):
     def _log_grad_norm(self, scaled: bool = False) -> None:
         if self.grad_norm_period <= 0 or (self.iter + 1) % self.grad_norm_period:
             return
-        norm = global_grad_norm([p.grad for p in self._params()], self.device)
-        if scaled:  # AMP float16 without clipping: the grads still carry the loss scale
-            norm = norm / self.grad_scaler._scale.to(norm.device)
+        # AMP float16 without clipping: the grads still carry the loss scale.
+        scale = self.grad_scaler._scale if scaled else None
+        norm = unscaled_step_norm([p.grad for p in self._params()], self.device, grad_scale=scale)
         self.storage.put_scalar("grad_norm", norm, smoothing_hint=False)
 
     def _params(self):
