@@ -48,6 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import plot_metrics  # noqa: E402  (tools/plot_metrics.py)
+from zenith_det.utils.fileio import atomic_write_json  # noqa: E402
 
 STATS = "compare_stats.json"
 # methods with no learning rate: their BASE_LR and schedule are ignored
@@ -269,10 +270,8 @@ def _probe_hook_class():
         eval_wall_seconds after each evaluation, lr_effective at the log period; counts
         host syncs in a few optimizer steps."""
 
-        def __init__(self, log_period: int, budget, eval_hook, sync_start: int, sync_steps: int):
+        def __init__(self, log_period: int, sync_start: int, sync_steps: int):
             self.log_period = log_period
-            self.budget = budget
-            self.eval_hook = eval_hook
             self.sync_start, self.sync_steps = sync_start, sync_steps
             self.sync_counter = None
             self._last_eval = None
@@ -286,15 +285,16 @@ def _probe_hook_class():
             t = self.trainer
             if self.sync_counter is not None and self.sync_counter._handles and len(self.sync_counter.counts) >= self.sync_steps:
                 self.sync_counter.stop()
-            evaluated = self.eval_hook is not None and self.eval_hook.last_seconds is not self._last_eval
+            clock = t.clock
+            evaluated = clock.eval_seconds is not None and clock.eval_seconds is not self._last_eval
             if evaluated:
-                self._last_eval = self.eval_hook.last_seconds
+                self._last_eval = clock.eval_seconds
             if evaluated:
                 # its own key: the writer keeps only the newest value of a key between two
                 # writes, so "wall_seconds" at the next log period would hide this one
-                t.storage.put_scalar("eval_wall_seconds", self.budget.elapsed(), smoothing_hint=False)
+                t.storage.put_scalar("eval_wall_seconds", clock.elapsed(), smoothing_hint=False)
             if (t.iter + 1) % self.log_period == 0:
-                t.storage.put_scalar("wall_seconds", self.budget.elapsed(), smoothing_hint=False)
+                t.storage.put_scalar("wall_seconds", clock.elapsed(), smoothing_hint=False)
             if (t.iter + 1) % self.log_period == 0:
                 lr = effective_lr(t.optimizer)
                 if lr is not None and math.isfinite(lr):
@@ -303,7 +303,7 @@ def _probe_hook_class():
         def after_train(self):
             if self.sync_counter is not None:
                 self.sync_counter.stop()
-            self.trainer.storage.put_scalar("wall_seconds", self.budget.elapsed(), smoothing_hint=False)
+            self.trainer.storage.put_scalar("wall_seconds", self.trainer.clock.elapsed(), smoothing_hint=False)
 
     return CompareProbe
 
@@ -324,8 +324,7 @@ def run_child(config: str, opts: List[str], resume: bool) -> int:
     class CompareTrainer(Trainer):
         def build_hooks(self):
             built = super().build_hooks()
-            eval_hook = next((h for h in built if isinstance(h, hooks.EvalHook)), None)
-            self.probe = probe_class(cfg.LOG_PERIOD, self.budget, eval_hook, SYNC_START, SYNC_STEPS)
+            self.probe = probe_class(cfg.LOG_PERIOD, SYNC_START, SYNC_STEPS)
             # before the writer, so what it logs at an iteration is written with it
             at = next((i for i, h in enumerate(built) if isinstance(h, hooks.PeriodicWriter)), len(built))
             return built[:at] + [self.probe] + built[at:]
@@ -338,7 +337,7 @@ def run_child(config: str, opts: List[str], resume: bool) -> int:
         trainer.train()
     except FloatingPointError as e:
         status, error = "diverged", str(e)
-    if trainer.stop_reason == "preempted":
+    if trainer.preempted:
         return PREEMPTED  # checkpointed; the next invocation resumes it
     times = trainer.storage.history("time").values() if trainer.storage is not None else []
     step_times = sorted(v for v, _ in times)
@@ -357,7 +356,7 @@ def run_child(config: str, opts: List[str], resume: bool) -> int:
         "budget_hours": cfg.SOLVER.MAX_TIME_HOURS,
         "iterations": trainer.iter,
         "stop_reason": trainer.stop_reason or ("max_iter" if status == "ok" else status),
-        "wall_seconds": trainer.budget.elapsed(),
+        "wall_seconds": trainer.clock.elapsed(),
         "process_seconds_this_session": time.perf_counter() - started,
         "step_seconds_median": step_times[len(step_times) // 2] if step_times else None,
         "step_seconds_mean": sum(step_times) / len(step_times) if step_times else None,
@@ -371,8 +370,7 @@ def run_child(config: str, opts: List[str], resume: bool) -> int:
         "threads": torch.get_num_threads(),
     }
     stats["state_bytes_per_param"] = stats["state_bytes"] / max(stats["num_params"], 1)
-    with open(os.path.join(cfg.OUTPUT_DIR, STATS if status == "ok" else FAILED), "w") as f:
-        json.dump(stats, f, indent=1)
+    atomic_write_json(stats, os.path.join(cfg.OUTPUT_DIR, STATS if status == "ok" else FAILED), indent=1)
     return 0 if status == "ok" else 3
 
 
@@ -445,8 +443,8 @@ def run_variants(args, variants: List[Variant], common: List[str]) -> None:
         if rc == PREEMPTED:
             raise SystemExit(f"[compare] {variant.name} was stopped and checkpointed; run the same command to resume")
         if rc != 0 and not os.path.exists(os.path.join(vdir, FAILED)) and not os.path.exists(stats_path):
-            with open(os.path.join(vdir, FAILED), "w") as f:
-                json.dump({"status": "failed", "returncode": rc, "error": _tail(os.path.join(vdir, "compare_stdout.log"))}, f, indent=1)
+            atomic_write_json({"status": "failed", "returncode": rc, "error": _tail(os.path.join(vdir, "compare_stdout.log"))},
+                              os.path.join(vdir, FAILED), indent=1)
         if i == 0 and os.path.exists(stats_path):
             reference_iters = json.load(open(stats_path))["iterations"]
 

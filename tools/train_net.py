@@ -17,7 +17,17 @@ import sys
 import torch.multiprocessing as mp
 
 from zenith_det.config import load_config
-from zenith_det.engine import PREEMPTED_EXIT_CODE, Trainer, default_setup, evaluate, launch, resolve_device
+from zenith_det.engine import (
+    PREEMPTED_EXIT_CODE,
+    Preempted,
+    Trainer,
+    build_model_for_evaluation,
+    default_setup,
+    evaluate,
+    launch,
+    preemption_signals,
+    resolve_device,
+)
 from zenith_det.engine.launch import launched_by_torchrun
 from zenith_det.utils.cli import default_argument_parser, run_guarded
 from zenith_det.evaluation import format_results_table
@@ -27,6 +37,8 @@ logger = logging.getLogger("zenith_det")
 
 
 def main(args) -> int:
+    # First of all: a stop signal at any later moment ends with a resumable state and exit 75.
+    signals = preemption_signals().install()
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, resume=args.resume or args.eval_only)
     cfg.freeze()
@@ -36,17 +48,21 @@ def main(args) -> int:
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
     if comm.is_main_process():
-        print_summary(cfg, results, trainer)
-    if trainer.stop_reason == "preempted":
-        logger.warning("Preempted at iteration %d; continue with --resume (exit code %d)", trainer.iter, PREEMPTED_EXIT_CODE)
+        print_summary(trainer.cfg, results, trainer)
+    if trainer.preempted or signals.received:
+        logger.warning("Preempted after iteration %d; continue with --resume (exit code %d)", trainer.iter, PREEMPTED_EXIT_CODE)
         return PREEMPTED_EXIT_CODE
     return 0
 
 
 def eval_only(cfg, resume: bool) -> int:
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=resume)
-    results = evaluate(cfg, trainer.model)
+    model = build_model_for_evaluation(cfg, resume)
+    try:
+        with preemption_signals().interruptible():
+            results = evaluate(cfg, model)
+    except Preempted:
+        logger.warning("Evaluation abandoned: the run was asked to stop (exit code %d)", PREEMPTED_EXIT_CODE)
+        return PREEMPTED_EXIT_CODE
     if comm.is_main_process():
         print_summary(cfg, results, None)
     return 0
@@ -56,10 +72,9 @@ def print_summary(cfg, results, trainer) -> None:
     out = cfg.OUTPUT_DIR
     lines = ["", "Evaluation (COCO AP, %):", format_results_table(results) if results else "  (no evaluation: DATASETS.TEST is empty)"]
     if trainer is not None:
-        budget = trainer.budget
         lines.append(
             f"Stopped after {trainer.iter} iterations ({trainer.stop_reason or 'SOLVER.MAX_ITER reached'}), "
-            f"{budget.elapsed() / 60:.1f} min of the {cfg.SOLVER.MAX_TIME_HOURS:g} h budget used."
+            f"{trainer.clock.elapsed() / 60:.1f} min of the {cfg.SOLVER.MAX_TIME_HOURS:g} h budget used."
         )
         lines.append(f"  checkpoint:  {trainer.last_good_checkpoint}")
     lines.append(f"  results:     {os.path.join(out, 'inference', 'coco_instances_results.json')}")

@@ -25,6 +25,7 @@ def load_config(config_file: str = "", opts=()) -> CfgNode:
     if config_file:
         if not os.path.isfile(config_file):
             raise UserError(f"config file not found: {config_file} (pass an existing YAML to --config)")
+        _check_yaml_chain(config_file)
         try:
             loaded = CfgNode.load_yaml_with_base(config_file)
             cfg.merge_from_other_cfg(CfgNode(_ints_as_floats(cfg, loaded)))
@@ -40,7 +41,69 @@ def load_config(config_file: str = "", opts=()) -> CfgNode:
             cfg.merge_from_list(opts)
         except (KeyError, ValueError, AssertionError, TypeError) as e:
             raise UserError(f"command-line override: {_describe(e)}") from e
+    check_values(cfg, config_file or "the command line")
     return cfg
+
+
+def _check_yaml_chain(path: str, chain=()) -> None:
+    """Each file of the `_BASE_` chain is a readable mapping, and the chain has no cycle."""
+    real = os.path.realpath(path)
+    if real in chain:
+        raise UserError(f"{path}: _BASE_ cycle ({' -> '.join(os.path.basename(p) for p in chain + (real,))}); remove one _BASE_")
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {e.start}); give a YAML config") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UserError(f"{path}: invalid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from e
+    if loaded is None:
+        raise UserError(f"{path}: the file is empty; give at least one KEY: value (or a _BASE_)")
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: the top level is a {type(loaded).__name__}, not a mapping of KEY: value")
+    base = loaded.get("_BASE_")
+    if base is None:
+        return
+    if not isinstance(base, str):
+        raise UserError(f"{path}: _BASE_ must be one file name, not {base!r}")
+    if not base.startswith(("/", "~")):
+        base = os.path.join(os.path.dirname(path), base)
+    base = os.path.expanduser(base)
+    if not os.path.isfile(base):
+        raise UserError(f"{path}: its _BASE_ {base} does not exist")
+    _check_yaml_chain(base, chain + (real,))
+
+
+# Keys that must be positive (> 0) or non-negative (>= 0); the config promises the rest.
+_POSITIVE = (
+    "LOG_PERIOD", "SOLVER.ZENITH.WINDOW", "SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SOLVER.MAX_NONFINITE_STEPS",
+    "INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
+    "TEST.IMS_PER_BATCH", "TEST.DETECTIONS_PER_IMAGE", "MODEL.FPN.OUT_CHANNELS",
+)
+_NON_NEGATIVE = (
+    "SOLVER.BASE_LR", "SOLVER.MOMENTUM", "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_NORM", "SOLVER.MAX_TIME_HOURS",
+    "SOLVER.WARMUP_ITERS", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.MAX_TO_KEEP", "DATALOADER.NUM_WORKERS",
+    "TEST.EVAL_PERIOD", "TEST.EVAL_PERIOD_MINUTES",
+)
+
+
+def check_values(cfg: CfgNode, source: str) -> None:
+    """Numbers out of range are one line naming the key, not a crash deep in training."""
+    for keys, ok, need in ((_POSITIVE, lambda v: v > 0, "> 0"), (_NON_NEGATIVE, lambda v: v >= 0, ">= 0")):
+        for key in keys:
+            value = cfg
+            for part in key.split("."):
+                value = value[part]
+            values = value if isinstance(value, (list, tuple)) else (value,)
+            if not values:
+                raise UserError(f"{source}: {key} is empty; give at least one value {need}")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not ok(v):
+                    raise UserError(f"{source}: {key} is {value!r}; it must be a number {need}")
 
 
 def _ints_as_floats(defaults: CfgNode, loaded: dict) -> dict:

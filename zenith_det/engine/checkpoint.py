@@ -1,4 +1,14 @@
-"""Checkpoints that survive crashes: atomic writes, a pruned history, corrupt-file fallback."""
+"""Checkpoints that survive crashes: atomic writes, a pruned history, careful resume.
+
+The checkpointer writes what the trainer hands it (`trainer.state_dict()`: model,
+optimizer, iteration, RNG, hook states, config), all tensors and plain types, so
+every checkpoint loads with `torch.load(weights_only=True)`.
+
+Resuming picks the newest checkpoint that loads. It falls back to an older one
+only when the newer file's bytes are damaged (a truncated write, a foreign file),
+and says so. A file it may not read, or one that asks to build Python objects, is
+not damage: the resume stops with one line instead of silently losing progress.
+"""
 import glob
 import logging
 import os
@@ -9,104 +19,92 @@ import torch
 from fvcore.common.checkpoint import Checkpointer
 
 from ..errors import UserError
+from ..utils.fileio import CorruptFileError, atomic_write, atomic_write_text, load_torch_file
 
 logger = logging.getLogger(__name__)
 
 _PERIODIC = re.compile(r"model_(\d{7})\.pth$")
 
 
-def atomic_write_bytes(path: str, write) -> None:
-    """Write through `write(file)` to a temp file, fsync, then rename over `path`.
-
-    A crash leaves either the old file or the new one, never a torn one.
-    """
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class AtomicCheckpointer(Checkpointer):
-    """fvcore's Checkpointer with atomic saves and loads that skip broken files.
+    """fvcore's Checkpointer (DDP unwrapping, `last_checkpoint`) with atomic saves of a given state.
 
     Only the process with `save_to_disk=True` (rank 0) writes.
     """
 
-    def save(self, name: str, **extra) -> None:
+    def save(self, name: str, state: dict) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(extra)
         path = os.path.join(self.save_dir, f"{name}.pth")
-        atomic_write_bytes(path, lambda f: torch.save(data, f))
+        atomic_write(path, lambda f: torch.save(state, f))
         self.tag_last_checkpoint(os.path.basename(path))
         logger.info("Saved checkpoint %s", path)
 
-    def save_checked(self, name: str, **extra) -> bool:
+    def save_checked(self, name: str, state: dict) -> bool:
         """Save unless a weight is non-finite; returns whether it saved."""
-        bad = [n for n, p in self.model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+        bad = [n for n, p in state["model"].items() if p.is_floating_point() and not torch.isfinite(p).all()]
         if bad:
             logger.error("Not saving %s: non-finite values in %s; the previous checkpoint stays the latest", name, bad[0])
             return False
-        self.save(name, **extra)
+        self.save(name, state)
         return True
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        if not self.save_to_disk:
-            return
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        atomic_write_bytes(path, lambda f: f.write(last_filename_basename.encode()))
+        if self.save_to_disk:
+            atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
 
     def _load_file(self, f: str):
-        # Our own checkpoints hold RNG states and other plain Python objects.
-        return torch.load(f, map_location=torch.device("cpu"), weights_only=False)
+        return load_torch_file(f, "--resume")
 
     def candidates(self) -> List[str]:
         """Checkpoints to resume from, best first: the tagged one, then the others, newest first."""
         found = []
         if self.has_checkpoint():
             found.append(self.get_checkpoint_file())
-        others = glob.glob(os.path.join(self.save_dir, "model_*.pth"))
+
         def key(p):
             m = _PERIODIC.search(p)
             return int(m.group(1)) if m else -1
+
+        others = glob.glob(os.path.join(self.save_dir, "model_*.pth"))
         for p in sorted(others, key=lambda p: (os.path.basename(p) == "model_final.pth", key(p)), reverse=True):
             if p not in found:
                 found.append(p)
         return found
 
-    def load_latest_good(self) -> Optional[dict]:
-        """Load the newest readable checkpoint; returns its extra data, or None if there is none."""
-        for path in self.candidates():
-            try:
-                checkpoint = self._load_file(path)
-            except Exception as e:  # truncated zip, bad pickle, ... : fall back to an older one
-                logger.warning("Checkpoint %s is unreadable (%s: %s); trying an older one", path, type(e).__name__, e)
+    def read_latest_good(self) -> Optional[dict]:
+        """The newest readable checkpoint (with its "path"), or None when the folder has none.
+
+        Raises UserError when checkpoints exist and none can be used, or when the
+        newest one is unreadable for a reason other than damage.
+        """
+        candidates = self.candidates()
+        for path in candidates:
+            if not os.path.exists(path):
+                logger.warning("last_checkpoint names %s, which does not exist; trying an older checkpoint", path)
                 continue
-            self._check_same_model(path, checkpoint.get("model", {}))
-            logger.info("Resuming from %s", path)
-            incompatible = self._load_model(checkpoint)
-            if incompatible is not None:
-                self._log_incompatible_keys(incompatible)
-            for key in list(self.checkpointables):
-                if key in checkpoint:
-                    self.checkpointables[key].load_state_dict(checkpoint.pop(key))
-            checkpoint["path"] = path
-            return checkpoint
+            try:
+                state = self._load_file(path)
+                if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+                    raise CorruptFileError(f"{path} is not a zenith_det checkpoint (no model and iteration)")
+            except CorruptFileError as e:
+                logger.warning("Checkpoint %s is unusable (%s); trying an older one", path, e)
+                continue
+            state["path"] = path
+            if path != candidates[0]:
+                logger.warning("Resuming from the older checkpoint %s: every newer one is damaged", path)
+            return state
+        if candidates:
+            names = ", ".join(os.path.basename(p) for p in candidates)
+            raise UserError(
+                f"--resume: no checkpoint in {self.save_dir} can be loaded ({names}: all damaged or missing); "
+                "nothing was changed. Move them away to start over, or train into a new OUTPUT_DIR"
+            )
         return None
+
+    def load_model(self, path: str, state: dict) -> None:
+        self._check_same_model(path, state["model"])
+        self.model.load_state_dict(state["model"])
 
     def _check_same_model(self, path: str, saved: dict) -> None:
         own = self.model.state_dict()

@@ -6,14 +6,15 @@
     trainer.resume_or_load(resume=False)
     trainer.train()
 """
+import glob
 import logging
 import os
-import random
 import sys
+import tempfile
+import time
 import warnings
 from collections import OrderedDict
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -24,18 +25,19 @@ from ..evaluation import build_coco_evaluator, inference_on_dataset
 from ..modeling import build_model
 from ..solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
 from ..utils import comm
+from ..utils.budget import BudgetClock
+from ..utils.fileio import TEMP_PREFIX, atomic_write_text, remove_stale_temporaries
 from ..utils.logger import setup_logger
+from ..utils.rng import rng_state, seed_all_rng, set_rng_state
 from . import hooks
-from .checkpoint import AtomicCheckpointer, atomic_write_bytes
+from .checkpoint import AtomicCheckpointer
+from .preemption import PREEMPTED_EXIT_CODE, preemption_signals
+from .resume import format_changes, resume_config, saved_config
+from .run_lock import acquire_run_lock
 from .train_loop import SimpleTrainer
 from .writers import CommonMetricPrinter, JSONWriter, TensorboardWriter
 
 logger = logging.getLogger(__name__)
-
-# Exit code of a run stopped by SIGTERM/SIGINT after writing its checkpoint: EX_TEMPFAIL,
-# "try again" -- requeue it with --resume.
-PREEMPTED_EXIT_CODE = 75
-
 
 def resolve_device(cfg) -> torch.device:
     name = cfg.MODEL.DEVICE
@@ -49,48 +51,76 @@ def resolve_device(cfg) -> torch.device:
     return torch.device(name)
 
 
-def seed_all_rng(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# A folder with any of these holds an earlier run, checkpoint or not.
+_RUN_FILES = ("last_checkpoint", "config.yaml", "metrics.json")
+
+
+def _earlier_run_file(out: str):
+    for name in _RUN_FILES:
+        if os.path.exists(os.path.join(out, name)):
+            return name
+    found = sorted(glob.glob(os.path.join(out, "model_*.pth")))
+    return os.path.basename(found[0]) if found else None
+
+
+def _claim_output_dir(out: str, resume: bool) -> None:
+    """Rank 0: a writable folder, locked for this run, not holding an earlier run unless resuming."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"OUTPUT_DIR {out} is not writable ({e.strerror}); choose another OUTPUT_DIR") from e
+    acquire_run_lock(out)
+    earlier = _earlier_run_file(out)
+    if not resume and earlier:
+        raise UserError(
+            f"OUTPUT_DIR {out} holds an earlier run ({earlier}); add --resume to continue it, "
+            "or set OUTPUT_DIR to a new folder"
+        )
+    # Safe now that the lock says no other run writes here.
+    remove_stale_temporaries(out)
 
 
 def default_setup(cfg: CfgNode, resume: bool) -> None:
-    """Output folder, logging, the merged config on disk, seeds, determinism.
+    """Output folder (locked for this run), logging, seeds, determinism.
 
     Refuses to start a new run over an earlier one in OUTPUT_DIR (that would
-    overwrite its checkpoints and mix its metrics): continue it with --resume or
-    choose another OUTPUT_DIR.
+    overwrite its checkpoints and mix its metrics), and any run in a folder another
+    run is using: continue it with --resume, or choose another OUTPUT_DIR.
+    With `resume` and SEED < 0 the seed is left for the checkpoint to supply.
     """
     out = cfg.OUTPUT_DIR
+    error = None
     if comm.is_main_process():
         try:
-            os.makedirs(out, exist_ok=True)
-            probe = os.path.join(out, f".write_test.{os.getpid()}")
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
-        except OSError as e:
-            raise UserError(f"OUTPUT_DIR {out} is not writable ({e.strerror}); choose another OUTPUT_DIR") from e
-        if not resume and os.path.exists(os.path.join(out, "last_checkpoint")):
-            raise UserError(
-                f"OUTPUT_DIR {out} holds an earlier run (last_checkpoint); add --resume to continue it, "
-                "or set OUTPUT_DIR to a new folder"
-            )
-    comm.synchronize()
+            _claim_output_dir(out, resume)
+        except UserError as e:
+            error = str(e)
+    # Every rank learns of rank 0's refusal, so none waits at a barrier for it.
+    error = next((e for e in comm.all_gather(error) if e), None)
+    if error:
+        raise UserError(error)
     setup_logger(out if comm.is_main_process() else None, rank=comm.get_rank())
-    if cfg.SEED < 0:
-        was_frozen = cfg.is_frozen()
-        cfg.defrost()
-        cfg.SEED = int.from_bytes(os.urandom(3), "little")
-        if was_frozen:
-            cfg.freeze()
+    if cfg.SEED < 0 and not resume:
+        _set_random_seed(cfg)
     logger.info("Command line: %s", " ".join(sys.argv))
     seed_all_rng(cfg.SEED + comm.get_rank())
     if cfg.DETERMINISTIC:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _set_random_seed(cfg: CfgNode) -> None:
+    """A random seed, the same on every rank, kept in the config so the run can be repeated."""
+    seed = comm.all_gather(int.from_bytes(os.urandom(3), "little"))[0]
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.SEED = seed
+    if was_frozen:
+        cfg.freeze()
 
 
 def evaluate(cfg: CfgNode, model: torch.nn.Module) -> "OrderedDict[str, dict]":
@@ -111,46 +141,38 @@ def evaluate(cfg: CfgNode, model: torch.nn.Module) -> "OrderedDict[str, dict]":
     return results
 
 
-class _RunState:
-    """What a resume needs besides model and optimizer: RNG states, AMP scaler, hook states."""
-
-    def __init__(self, trainer: "Trainer"):
-        self.trainer = trainer
-
-    def state_dict(self) -> dict:
-        t = self.trainer
-        state = {
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            "hooks": {type(h).__name__: h.state_dict() for h in t.hooks if h.state_dict()},
-        }
-        if t.grad_scaler is not None:
-            state["grad_scaler"] = t.grad_scaler.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        t = self.trainer
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        for h in t.hooks:
-            if type(h).__name__ in state["hooks"]:
-                h.load_state_dict(state["hooks"][type(h).__name__])
-        if t.grad_scaler is not None and "grad_scaler" in state:
-            t.grad_scaler.load_state_dict(state["grad_scaler"])
+def build_model_for_evaluation(cfg: CfgNode, resume: bool) -> torch.nn.Module:
+    """The model `--eval-only` evaluates: MODEL.WEIGHTS, or with `resume` OUTPUT_DIR's newest
+    good checkpoint. Builds only the model (no optimizer, data loader or hooks), and
+    refuses to evaluate a randomly initialised one."""
+    if not resume and not cfg.MODEL.WEIGHTS:
+        raise UserError(
+            "--eval-only evaluates trained weights: add MODEL.WEIGHTS path/to/model.pth, "
+            "or --resume to evaluate the newest checkpoint in OUTPUT_DIR"
+        )
+    model = build_model(cfg, metadata_from_cfg(cfg)).to(resolve_device(cfg))
+    if resume:
+        checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=False)
+        state = checkpointer.read_latest_good()
+        if state is None:
+            raise UserError(
+                f"--eval-only --resume: OUTPUT_DIR {cfg.OUTPUT_DIR} holds no checkpoint; "
+                "give MODEL.WEIGHTS, or the OUTPUT_DIR of a trained run"
+            )
+        checkpointer.load_model(state["path"], state)
+        logger.info("Evaluating %s (iteration %d)", state["path"], state["iteration"])
+    return model
 
 
 class Trainer(SimpleTrainer):
-    """Builds model, optimizer, schedule, checkpointer and hooks from `cfg`."""
+    """Builds model, optimizer, schedule, checkpointer and hooks from `cfg`.
 
-    def __init__(self, cfg: CfgNode):
+    It owns the run's state: `state_dict()` gathers model, optimizer, scaler,
+    iteration, budget clock, RNG, hook states and the config, and the checkpointer
+    saves what it hands over. `clock` (a time source) is injectable for tests.
+    """
+
+    def __init__(self, cfg: CfgNode, clock=time.perf_counter):
         self.cfg = cfg
         device = resolve_device(cfg)
         self.metadata = metadata_from_cfg(cfg)
@@ -176,59 +198,85 @@ class Trainer(SimpleTrainer):
             max_nonfinite=cfg.SOLVER.MAX_NONFINITE_STEPS,
             grad_norm_period=cfg.LOG_PERIOD,
         )
-        self.checkpointer = AtomicCheckpointer(
-            model,
-            cfg.OUTPUT_DIR,
-            save_to_disk=comm.is_main_process(),
-            optimizer=optimizer,
-            run_state=_RunState(self),
-        )
+        self.clock = BudgetClock(cfg.SOLVER.MAX_TIME_HOURS * 3600, clock=clock)
+        self.signals = preemption_signals()
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process())
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
         cfg = self.cfg
-        timer = hooks.IterationTimer()
         eval_hook = hooks.EvalHook(
-            cfg.TEST.EVAL_PERIOD, cfg.TEST.EVAL_PERIOD_MINUTES, lambda: evaluate(self.cfg, self.model)
+            cfg.TEST.EVAL_PERIOD, cfg.TEST.EVAL_PERIOD_MINUTES, lambda: evaluate(self.cfg, self.model), self.signals
         ) if cfg.DATASETS.TEST else None
-        budget = hooks.WallClockBudget(cfg.SOLVER.MAX_TIME_HOURS * 3600, timer, eval_hook)
-        self.budget = budget
-        self.preemption = hooks.PreemptionHandler()
         writers = []
         if comm.is_main_process():
             writers = [
-                CommonMetricPrinter(cfg.SOLVER.MAX_ITER, budget),
+                CommonMetricPrinter(cfg.SOLVER.MAX_ITER, self.clock),
                 JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
                 TensorboardWriter(cfg.OUTPUT_DIR),
             ]
         return [
-            timer,
+            hooks.IterationTimer(),
             hooks.LRScheduler(self.optimizer, self.scheduler, cfg.LOG_PERIOD),
-            budget,
-            self.preemption,
-            hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_TO_KEEP, budget),
+            hooks.WallClockBudget(),
+            hooks.PreemptionHandler(self.signals),
+            hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_TO_KEEP),
             eval_hook,
             hooks.PeriodicWriter(writers, cfg.LOG_PERIOD) if writers else None,
         ]
 
-    def resume_or_load(self, resume: bool = True) -> None:
-        """With `resume`, continue from the newest good checkpoint in OUTPUT_DIR (model,
-        optimizer with ZENITH's history, schedule, iteration, budget spent, RNG states).
-        Without it, start at iteration 0 from MODEL.WEIGHTS (already loaded by build_model)."""
-        self.start_iter = 0
-        if not resume:
-            return
-        checkpoint = self.checkpointer.load_latest_good()
-        if checkpoint is None:
-            logger.info("--resume: no checkpoint in %s yet; starting from scratch", self.cfg.OUTPUT_DIR)
-            return
-        self.start_iter = int(checkpoint.get("iteration", 0))
-        self.last_good_checkpoint = checkpoint["path"]
-        # The schedule is a pure function of the iteration, so it is rebuilt rather than saved.
+    @property
+    def preempted(self) -> bool:
+        """A stop signal arrived at any point of the run (exit with PREEMPTED_EXIT_CODE)."""
+        return self.signals.received is not None or self.stop_reason == "preempted"
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["budget"] = self.clock.state_dict()
+        state["rng"] = rng_state()
+        # YAML text: a plain string, and what `--resume` compares the new config with.
+        state["config"] = self.cfg.dump()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.clock.load_state_dict(state["budget"])
+        set_rng_state(state["rng"])
+        # The schedule is a pure function of the iteration (and the current config).
         self.scheduler.last_epoch = self.start_iter - 1
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             self.scheduler.step()
+
+    def resume_or_load(self, resume: bool = True) -> bool:
+        """With `resume`, continue from the newest good checkpoint in OUTPUT_DIR; returns
+        whether one was loaded. Without it, start at iteration 0 from MODEL.WEIGHTS
+        (already loaded by build_model).
+
+        The checkpoint's config decides what the run is: a change that would make
+        it another run is refused (see resume.py); allowed changes are applied and
+        logged, and `self.cfg` becomes the config the run continues with.
+        """
+        self.start_iter = 0
+        if not resume:
+            return False
+        state = self.checkpointer.read_latest_good()
+        if state is None:
+            logger.info("--resume: no checkpoint in %s yet; starting from scratch", self.cfg.OUTPUT_DIR)
+            if self.cfg.SEED < 0:
+                _set_random_seed(self.cfg)
+                seed_all_rng(self.cfg.SEED + comm.get_rank())
+            return False
+        path = state.pop("path")
+        if "config" in state:
+            self.cfg, changes = resume_config(saved_config(state["config"], path), self.cfg, path)
+            if changes:
+                logger.info("Resuming with changed settings: %s", format_changes(changes))
+        self.checkpointer.load_model(path, state)
+        self.load_state_dict(state)
+        self.last_good_checkpoint = path
+        logger.info("Resumed from %s at iteration %d", path, self.start_iter)
+        return True
 
     def train(self):
         if self.data_loader is None:
@@ -237,9 +285,15 @@ class Trainer(SimpleTrainer):
         # overwrite the config of the run it refused to touch.
         if comm.is_main_process():
             path = os.path.join(self.cfg.OUTPUT_DIR, "config.yaml")
-            atomic_write_bytes(path, lambda f: f.write(self.cfg.dump().encode()))
+            atomic_write_text(self.cfg.dump(), path)
             logger.info("Full config saved to %s (SEED=%d)", path, self.cfg.SEED)
-        super().train(self.start_iter, self.cfg.SOLVER.MAX_ITER)
+        installed_here = not self.signals.installed
+        self.signals.install()
+        try:
+            super().train(self.start_iter, self.cfg.SOLVER.MAX_ITER)
+        finally:
+            if installed_here:
+                self.signals.uninstall()
         return getattr(self._eval_hook(), "latest_results", None)
 
     def _eval_hook(self):

@@ -1,5 +1,8 @@
 """Hooks for the training loop, in the order DefaultTrainer registers them:
 
+They share what they measure through the trainer's BudgetClock (`trainer.clock`),
+never by writing into each other.
+
 1. IterationTimer      times each step (feeds the writer and the budget)
 2. LRScheduler         steps the LR schedule; records lr, ZENITH's multiplier and g_t
 3. WallClockBudget     stops in time for the final checkpoint and evaluation to fit
@@ -9,14 +12,12 @@
 7. PeriodicWriter      metrics.json, TensorBoard, the console line (last, so it sees eval results)
 """
 import logging
-import signal
-import time
 
 import torch
 
 from ..solver import lr_multiplier_source
 from ..utils import comm
-from ..utils.budget import BudgetClock
+from .preemption import Preempted, PreemptionSignals
 from .train_loop import HookBase
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def _use_eval_weights(trainer) -> None:
 
 
 class IterationTimer(HookBase):
-    """Times each step; `mean_step_seconds` is a moving average after a few warm-up steps.
+    """Times each step into the trainer's clock (`clock.step_seconds`, a moving average).
 
     Warm-up steps are slow (allocation, workers starting), so they only stand in
     for the average while nothing better is known (a resume restores the average).
@@ -39,22 +40,22 @@ class IterationTimer(HookBase):
     def __init__(self, warmup_iters: int = 3):
         self._warmup = warmup_iters
         self._step_start = None
-        self.mean_step_seconds = None
         self._from_warmup = False
 
     def before_step(self):
-        self._step_start = time.perf_counter()
+        self._step_start = self.trainer.clock.now()
 
     def after_step(self):
-        seconds = time.perf_counter() - self._step_start
+        clock = self.trainer.clock
+        seconds = clock.now() - self._step_start
         self.trainer.storage.put_scalar("time", seconds)
         if self.trainer.iter - self.trainer.start_iter < self._warmup:
-            if self.mean_step_seconds is None or self._from_warmup:
-                self.mean_step_seconds, self._from_warmup = seconds, True
-        elif self._from_warmup or self.mean_step_seconds is None:
-            self.mean_step_seconds, self._from_warmup = seconds, False
+            if clock.step_seconds is None or self._from_warmup:
+                clock.step_seconds, self._from_warmup = seconds, True
+        elif self._from_warmup or clock.step_seconds is None:
+            clock.step_seconds, self._from_warmup = seconds, False
         else:
-            self.mean_step_seconds = 0.9 * self.mean_step_seconds + 0.1 * seconds
+            clock.step_seconds = 0.9 * clock.step_seconds + 0.1 * seconds
 
 
 class LRScheduler(HookBase):
@@ -76,79 +77,42 @@ class LRScheduler(HookBase):
         self.scheduler.step()
 
 
-class WallClockBudget(BudgetClock, HookBase):
+class WallClockBudget(HookBase):
     """Stop at SOLVER.MAX_TIME_HOURS of wall clock, counted across resumes.
 
     It stops early enough that one more iteration, the final checkpoint and the
-    final evaluation (timed from the last evaluation, or estimated before the
-    first) still end inside the budget.
+    final evaluation (as last measured, see BudgetClock.reserve) still end inside
+    the budget. A resumed run whose budget is already spent trains no further: it
+    goes straight to the final checkpoint and evaluation.
     """
 
-    def __init__(self, max_seconds: float, timer: IterationTimer, eval_hook=None):
-        super().__init__(max_seconds)
-        self.timer = timer
-        self.eval_hook = eval_hook
-        self.checkpoint_seconds = 0.0
-
     def before_train(self):
-        self.start_session()
-
-    def reserve(self) -> float:
-        final_eval = self.eval_hook.expected_seconds() if self.eval_hook is not None else 0.0
-        return (self.timer.mean_step_seconds or 0.0) + self.checkpoint_seconds + final_eval
-
-    def after_step(self):
-        if self.max_seconds <= 0:
-            return
-        if comm.any_rank(self.elapsed() + self.reserve() >= self.max_seconds):
-            logger.info("Wall-clock budget of %.2f h reached: stopping at iteration %d", self.max_seconds / 3600, self.trainer.iter + 1)
+        clock = self.trainer.clock
+        clock.start_session()
+        if comm.any_rank(clock.exhausted()):
+            logger.info("Wall-clock budget of %.3g h already spent: no further training", clock.max_seconds / 3600)
             self.trainer.request_stop("budget")
 
-    def state_dict(self):
-        # The timings too: a resumed run must not start blind to how long a step takes.
-        return {
-            "spent_seconds": self.elapsed(),
-            "step_seconds": self.timer.mean_step_seconds,
-            "checkpoint_seconds": self.checkpoint_seconds,
-        }
-
-    def load_state_dict(self, state):
-        self.spent_before = float(state["spent_seconds"])
-        self.checkpoint_seconds = float(state.get("checkpoint_seconds", 0.0))
-        if state.get("step_seconds") is not None and self.timer.mean_step_seconds is None:
-            self.timer.mean_step_seconds = float(state["step_seconds"])
+    def after_step(self):
+        clock = self.trainer.clock
+        if clock.max_seconds > 0 and comm.any_rank(clock.exhausted()):
+            logger.info("Wall-clock budget of %.2f h reached: stopping at iteration %d", clock.max_seconds / 3600, self.trainer.iter + 1)
+            self.trainer.request_stop("budget")
 
 
 class PreemptionHandler(HookBase):
-    """SIGTERM or SIGINT: finish the current iteration, checkpoint, exit with PREEMPTED_EXIT_CODE."""
+    """SIGTERM or SIGINT (see preemption.py): every rank stops after the same iteration."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.received = None
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C means "now"
-        self.received = signal.Signals(signum).name
-        logger.warning("%s received: stopping after this iteration and writing a checkpoint", self.received)
+    def __init__(self, signals: PreemptionSignals):
+        self.signals = signals
 
     def before_train(self):
-        for sig in self.SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals to whoever owns them
-                pass
-
-    def after_step(self):
-        if comm.any_rank(self.received is not None):
+        if comm.any_rank(self.signals.received is not None):
             self.trainer.request_stop("preempted")
 
-    def after_train(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+    def after_step(self):
+        if comm.any_rank(self.signals.received is not None):
+            self.trainer.request_stop("preempted")
 
 
 class PeriodicCheckpointer(HookBase):
@@ -158,11 +122,10 @@ class PeriodicCheckpointer(HookBase):
     checkpoint must not be replaced by a broken one.
     """
 
-    def __init__(self, checkpointer, period: int, max_to_keep: int, budget: WallClockBudget = None):
+    def __init__(self, checkpointer, period: int, max_to_keep: int):
         self.checkpointer = checkpointer
         self.period = period
         self.max_to_keep = max_to_keep
-        self.budget = budget
 
     def after_step(self):
         done = self.trainer.iter + 1
@@ -175,14 +138,14 @@ class PeriodicCheckpointer(HookBase):
         self.save(self.trainer.iter, final=self.trainer.iter >= self.trainer.max_iter)
 
     def save(self, iteration: int, final: bool = False):
-        start = time.perf_counter()
+        clock = self.trainer.clock
+        start = clock.now()
         name = "model_final" if final else f"model_{iteration:07d}"
         _use_eval_weights(self.trainer)
-        if self.checkpointer.save_checked(name, iteration=iteration):
+        if self.checkpointer.save_checked(name, self.trainer.state_dict()):
             self.trainer.last_good_checkpoint = self.checkpointer.get_checkpoint_file()
             self.checkpointer.prune(self.max_to_keep)
-        if self.budget is not None:
-            self.budget.checkpoint_seconds = max(self.budget.checkpoint_seconds, time.perf_counter() - start)
+        clock.record_checkpoint(clock.now() - start)
 
 
 class EvalHook(HookBase):
@@ -190,37 +153,39 @@ class EvalHook(HookBase):
 
     `eval_function` returns a (nested) dict of metrics, e.g. {"bbox": {"AP": ...}},
     stored as "bbox/AP" etc. Results go to the event storage, so the writers put
-    them in metrics.json and TensorBoard.
+    them in metrics.json and TensorBoard. A stop signal during an evaluation
+    abandons it (the run then ends with a checkpoint and exit code 75).
     """
 
-    def __init__(self, period: int, period_minutes: float, eval_function, estimate_seconds=None):
+    def __init__(self, period: int, period_minutes: float, eval_function, signals: PreemptionSignals):
         self.period = period
         self.period_seconds = period_minutes * 60
         self.eval_function = eval_function
-        self.estimate_seconds = estimate_seconds
-        self.last_seconds = None
+        self.signals = signals
         self.latest_results = None
         self._last_time = None
 
     def before_train(self):
-        self._last_time = time.perf_counter()
-
-    def expected_seconds(self) -> float:
-        if self.last_seconds is not None:
-            return self.last_seconds
-        return self.estimate_seconds() if self.estimate_seconds is not None else 0.0
+        self._last_time = self.trainer.clock.now()
 
     def _do_eval(self):
         _use_eval_weights(self.trainer)
-        start = time.perf_counter()
-        results = self.eval_function()
-        self.last_seconds = time.perf_counter() - start
-        self._last_time = time.perf_counter()
+        clock = self.trainer.clock
+        start = clock.now()
+        try:
+            with self.signals.interruptible():
+                results = self.eval_function()
+        except Preempted:
+            logger.warning("Evaluation at iteration %d abandoned: the run was asked to stop", self.trainer.iter + 1)
+            self.trainer.request_stop("preempted")
+            return
+        clock.eval_seconds = clock.now() - start
+        self._last_time = clock.now()
         self.latest_results = results
         flat = _flatten(results)
         for key, value in flat.items():
             self.trainer.storage.put_scalar(key, value, smoothing_hint=False)
-        self.trainer.storage.put_scalar("eval_seconds", self.last_seconds, smoothing_hint=False)
+        self.trainer.storage.put_scalar("eval_seconds", clock.eval_seconds, smoothing_hint=False)
         comm.synchronize()
 
     def after_step(self):
@@ -228,12 +193,12 @@ class EvalHook(HookBase):
         if done >= self.trainer.max_iter:
             return  # after_train evaluates the final model
         by_iter = self.period > 0 and done % self.period == 0
-        by_time = self.period_seconds > 0 and time.perf_counter() - self._last_time >= self.period_seconds
+        by_time = self.period_seconds > 0 and self.trainer.clock.now() - self._last_time >= self.period_seconds
         if comm.any_rank(by_iter or by_time):
             self._do_eval()
 
     def after_train(self):
-        if self.trainer.failed or self.trainer.stop_reason == "preempted":
+        if self.trainer.failed or self.signals.received is not None:
             return
         self._do_eval()
 

@@ -38,7 +38,7 @@ class HookBase:
         pass
 
     def state_dict(self) -> dict:
-        """Hook state saved in checkpoints (e.g. the wall-clock budget already spent)."""
+        """Hook state saved in checkpoints; tensors and plain types only (weights_only loading)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -50,6 +50,8 @@ class TrainerBase:
         self._hooks: List[HookBase] = []
         self.iter = 0
         self.start_iter = 0
+        # Iterations whose update is done: the resume point a checkpoint taken now records.
+        self.completed_iters = 0
         self.max_iter = 0
         self.storage: Optional[EventStorage] = None
         self.stop_reason: Optional[str] = None
@@ -74,19 +76,20 @@ class TrainerBase:
 
     def train(self, start_iter: int, max_iter: int) -> None:
         logger.info("Starting training from iteration %d", start_iter)
-        self.iter = self.start_iter = start_iter
+        self.iter = self.start_iter = self.completed_iters = start_iter
         self.max_iter = max_iter
         with EventStorage(start_iter) as self.storage:
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
+                    if self.stop_reason is not None:  # e.g. asked before the first step
+                        break
                     self.before_step()
                     self.run_step()
+                    self.completed_iters = self.iter + 1
                     self.after_step()
                     # From here on `self.iter` counts completed iterations.
                     self.iter += 1
-                    if self.stop_reason is not None:
-                        break
             except BaseException:
                 self.failed = True
                 raise
@@ -114,6 +117,17 @@ class TrainerBase:
 
     def run_step(self):
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Everything a resume needs, gathered from the trainer's parts (the checkpointer saves it)."""
+        hooks = {type(h).__name__: h.state_dict() for h in self._hooks}
+        return {"iteration": self.completed_iters, "hooks": {name: state for name, state in hooks.items() if state}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iter = self.start_iter = self.completed_iters = int(state["iteration"])
+        for h in self._hooks:
+            if type(h).__name__ in state.get("hooks", {}):
+                h.load_state_dict(state["hooks"][type(h).__name__])
 
 
 class SimpleTrainer(TrainerBase):
@@ -252,12 +266,29 @@ class SimpleTrainer(TrainerBase):
             )
 
     def state_dict(self) -> dict:
-        state = {"optimizer": self.optimizer.state_dict()}
+        model = self.model.module if hasattr(self.model, "module") else self.model  # DDP
+        state = super().state_dict()
+        state["model"] = model.state_dict()
+        state["optimizer"] = self.optimizer.state_dict()
         if self.grad_scaler is not None:
             state["grad_scaler"] = self.grad_scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """The model is loaded by the checkpointer (it checks shapes first); the rest here.
+
+        The optimizer's hyperparameters stay those of the current config (a resume may
+        change BASE_LR, MOMENTUM, WEIGHT_DECAY, ...); its state (momentum buffers,
+        ZENITH's history, adaptive estimates) comes from the checkpoint.
+        """
+        super().load_state_dict(state)
+        configured = [{k: g[k] for k in _CONFIGURED_GROUP_KEYS if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, settings in zip(self.optimizer.param_groups, configured):
+            group.update(settings)
         if self.grad_scaler is not None and "grad_scaler" in state:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
+
+
+# Parameter-group keys that come from the config (SOLVER.*), not from training.
+_CONFIGURED_GROUP_KEYS = ("lr", "initial_lr", "momentum", "nesterov", "weight_decay", "betas", "eps")

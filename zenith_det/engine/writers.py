@@ -62,9 +62,9 @@ class TensorboardWriter:
 class CommonMetricPrinter:
     """The console line: iteration, losses, lr, ZENITH multiplier and g_t, it/s, ETA."""
 
-    def __init__(self, max_iter: int, budget=None, window_size: int = 20):
+    def __init__(self, max_iter: int, clock=None, window_size: int = 20):
         self.max_iter = max_iter
-        self.budget = budget
+        self.clock = clock
         self._window = window_size
         self._last_printed = -1
 
@@ -88,8 +88,8 @@ class CommonMetricPrinter:
             parts.append(f"it/s: {1.0 / max(step, 1e-9):.2f}")
             seconds = (self.max_iter - iteration - 1) * step
             label = "max_iter"
-            if self.budget is not None and self.budget.max_seconds > 0 and self.budget.remaining() < seconds:
-                seconds, label = max(self.budget.remaining(), 0.0), "budget"
+            if self.clock is not None and self.clock.max_seconds > 0 and self.clock.remaining() < seconds:
+                seconds, label = max(self.clock.remaining(), 0.0), "budget"
             eta = f"eta: {datetime.timedelta(seconds=int(seconds))} ({label})"
         parts.append(eta)
         if torch.cuda.is_available():

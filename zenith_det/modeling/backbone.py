@@ -10,6 +10,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import UserError
+from ..utils.fileio import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +65,31 @@ def _resnet_fpn(body: resnet.ResNet, trainable_layers: int, out_channels: int) -
 
 
 def _load_imagenet_weights(body: nn.Module, path: str) -> None:
+    """A torchvision ImageNet ResNet state dict: every tensor of the body must fit (the
+    classifier `fc` is ignored), since a partly loaded backbone trains silently worse."""
     if not os.path.isfile(path):
         raise UserError(
             f"MODEL.BACKBONE.WEIGHTS: {path} does not exist (nothing is downloaded: put a torchvision "
             "ImageNet state dict there, or set MODEL.BACKBONE.WEIGHTS '' to start from scratch)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = body.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing:
-        raise UserError(f"MODEL.BACKBONE.WEIGHTS: {path} lacks {len(missing)} backbone tensors (e.g. {missing[0]}); is it a ResNet of this depth?")
+    state = load_torch_file(path, "MODEL.BACKBONE.WEIGHTS")
+    if not isinstance(state, dict):
+        raise UserError(f"MODEL.BACKBONE.WEIGHTS: {path} holds a {type(state).__name__}, not a state dict")
+    if isinstance(state.get("model"), dict) or any(str(k).startswith("backbone.") for k in state):
+        raise UserError(
+            f"MODEL.BACKBONE.WEIGHTS: {path} is a whole detection model, not an ImageNet backbone; give it as MODEL.WEIGHTS"
+        )
+    own = {k: v for k, v in body.state_dict().items() if not k.startswith("fc.")}
+    fits = {k: v for k, v in state.items() if torch.is_tensor(v) and k in own and v.shape == own[k].shape}
+    logger.info("MODEL.BACKBONE.WEIGHTS: loaded %d of %d tensors from %s", len(fits), len(own), path)
+    if len(fits) < len(own):
+        wrong = sorted(set(own) - set(fits))
+        raise UserError(
+            f"MODEL.BACKBONE.WEIGHTS: {path} fits only {len(fits)} of the backbone's {len(own)} tensors "
+            f"(e.g. not {wrong[0]}); is it a ResNet of the depth MODEL.BACKBONE.NAME names? "
+            "A whole detection model goes in MODEL.WEIGHTS"
+        )
+    body.load_state_dict(fits, strict=False)
 
 
 def _tiny_fpn(out_channels: int, norm_layer) -> BackboneWithFPN:

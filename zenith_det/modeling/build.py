@@ -3,7 +3,6 @@ import logging
 import os
 
 import torch
-from fvcore.common.checkpoint import Checkpointer
 from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
@@ -11,6 +10,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..errors import UserError
+from ..utils.fileio import load_torch_file
 from .backbone import build_backbone
 
 logger = logging.getLogger(__name__)
@@ -86,20 +86,42 @@ def build_model(cfg, metadata) -> torch.nn.Module:
     return model
 
 
+# MODEL.WEIGHTS must set at least this share of the model's tensors (by name and shape).
+# Fine-tuning on other classes replaces only the predictors (a handful of tensors);
+# below half, the file is almost surely for another model or another key.
+MIN_LOADED_FRACTION = 0.5
+
+
 def load_weights(model: torch.nn.Module, path: str) -> None:
-    """A torchvision state dict or one of our checkpoints; mismatched heads are skipped with a warning."""
-    if not os.path.isfile(path):
-        raise UserError(f"MODEL.WEIGHTS: {path} does not exist (nothing is downloaded; give a local .pth file)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
-        raise UserError(f"MODEL.WEIGHTS: {path} could not be read as a checkpoint ({type(e).__name__}: {e})") from e
+    """A torchvision detection state dict or one of our checkpoints (weights_only loading).
+
+    Tensors whose name or shape differ (another dataset's predictors) are skipped and
+    logged; a file that fits less than MIN_LOADED_FRACTION of the model is refused.
+    """
+    state = load_torch_file(path, "MODEL.WEIGHTS")
     if not isinstance(state, dict):
         raise UserError(f"MODEL.WEIGHTS: {path} holds a {type(state).__name__}, not a state dict or checkpoint")
-    if "model" not in state:  # a bare torchvision state dict
-        state = {"model": state}
-    checkpointer = Checkpointer(model)
-    # fvcore skips tensors whose shapes differ (another dataset's heads) and logs them.
-    incompatible = checkpointer._load_model(state)
-    checkpointer._log_incompatible_keys(incompatible)
-    logger.info("Loaded MODEL.WEIGHTS from %s", path)
+    if isinstance(state.get("model"), dict):  # one of our checkpoints
+        state = state["model"]
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if torch.is_tensor(v) and k in own and v.shape == own[k].shape}
+    logger.info("MODEL.WEIGHTS: loaded %d of %d tensors from %s", len(fits), len(own), path)
+    if len(fits) < MIN_LOADED_FRACTION * len(own):
+        hint = (
+            "it looks like an ImageNet backbone: give it as MODEL.BACKBONE.WEIGHTS" if _looks_like_backbone(state)
+            else "is it for another architecture or backbone (MODEL.META_ARCHITECTURE, MODEL.BACKBONE.NAME)? "
+                 "An ImageNet backbone goes in MODEL.BACKBONE.WEIGHTS"
+        )
+        raise UserError(
+            f"MODEL.WEIGHTS: {path} fits only {len(fits)} of the model's {len(own)} tensors "
+            f"(at least {MIN_LOADED_FRACTION:.0%} must match by name and shape); {hint}"
+        )
+    skipped = sorted(set(own) - set(fits))
+    if skipped:
+        logger.warning("MODEL.WEIGHTS: %d tensors keep their initial values (not in %s or of another shape), e.g. %s",
+                       len(skipped), path, ", ".join(skipped[:3]))
+    model.load_state_dict(fits, strict=False)
+
+
+def _looks_like_backbone(state: dict) -> bool:
+    return "conv1.weight" in state and "fc.weight" in state

@@ -1,5 +1,12 @@
-"""Wall-clock time spent against a budget, counted across resumes."""
+"""Wall-clock time spent against a budget, counted across resumes, and what the end needs.
+
+One clock per run, owned by the trainer. Hooks record what they measure into it
+(a step, a checkpoint write, an evaluation) and the budget hook reads it: no hook
+writes into another. The time source is injectable, so tests use a fake clock
+instead of sleeping.
+"""
 import time
+from typing import Optional
 
 
 class BudgetClock:
@@ -11,6 +18,14 @@ class BudgetClock:
         self.clock = clock
         self.spent_before = 0.0
         self._session_start = None
+        # What the end of the run costs, as last measured: one more step, the final
+        # checkpoint (the slowest write so far) and the final evaluation.
+        self.step_seconds: Optional[float] = None
+        self.checkpoint_seconds = 0.0
+        self.eval_seconds: Optional[float] = None
+
+    def now(self) -> float:
+        return self.clock()
 
     def start_session(self) -> None:
         self._session_start = self.clock()
@@ -22,3 +37,25 @@ class BudgetClock:
 
     def remaining(self) -> float:
         return self.max_seconds - self.elapsed()
+
+    def record_checkpoint(self, seconds: float) -> None:
+        self.checkpoint_seconds = max(self.checkpoint_seconds, seconds)
+
+    def reserve(self) -> float:
+        """Seconds to keep for one more step, the final checkpoint and the final evaluation."""
+        return (self.step_seconds or 0.0) + self.checkpoint_seconds + (self.eval_seconds or 0.0)
+
+    def exhausted(self) -> bool:
+        return self.max_seconds > 0 and self.elapsed() + self.reserve() >= self.max_seconds
+
+    def state_dict(self) -> dict:
+        # The timings too: a resumed run must not start blind to how long a step takes.
+        return {"spent_seconds": self.elapsed(), "step_seconds": self.step_seconds,
+                "checkpoint_seconds": self.checkpoint_seconds, "eval_seconds": self.eval_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.spent_before = float(state["spent_seconds"])
+        self.checkpoint_seconds = float(state.get("checkpoint_seconds") or 0.0)
+        for key in ("step_seconds", "eval_seconds"):
+            if state.get(key) is not None:
+                setattr(self, key, float(state[key]))

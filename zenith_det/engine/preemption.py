@@ -1,0 +1,85 @@
+"""SIGTERM/SIGINT as a request to stop cleanly, from the process's start to its end.
+
+A cluster that preempts a job sends SIGTERM and waits a grace period before
+SIGKILL. Whatever the run is doing then, it must end with a resumable state and
+exit code 75 (EX_TEMPFAIL, "requeue me"):
+
+- while training, the current iteration finishes and a checkpoint is written;
+- while writing a checkpoint, the write finishes (a half-written one helps nobody);
+- while evaluating, the rest of the evaluation is skipped (`interruptible`), since
+  it may take longer than the grace period and the next run can redo it.
+"""
+import logging
+import signal
+from contextlib import contextmanager
+
+logger = logging.getLogger(__name__)
+
+# EX_TEMPFAIL: "try again" -- requeue the job with --resume.
+PREEMPTED_EXIT_CODE = 75
+
+
+class Preempted(BaseException):
+    """Raised inside an `interruptible()` section when a stop signal arrives.
+
+    A BaseException, like KeyboardInterrupt, so `except Exception` in evaluation
+    code cannot swallow it."""
+
+
+class PreemptionSignals:
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received = None
+        self._interruptible = 0
+        self._previous = {}
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+    def install(self) -> "PreemptionSignals":
+        """Idempotent; a fresh install forgets a signal received before an earlier uninstall."""
+        if not self.installed:
+            self.received = None
+        for sig in self.SIGNALS:
+            if sig in self._previous:
+                continue
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals to whoever owns them
+                pass
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C means "now"
+        self.received = signal.Signals(signum).name
+        if self._interruptible:
+            logger.warning("%s received: abandoning the evaluation in progress", self.received)
+            raise Preempted(self.received)
+        logger.warning("%s received: stopping at the next safe point and writing a checkpoint", self.received)
+
+    @contextmanager
+    def interruptible(self):
+        """A section that a stop signal may cut short by raising Preempted."""
+        if self.received is not None:
+            raise Preempted(self.received)
+        self._interruptible += 1
+        try:
+            yield
+        finally:
+            self._interruptible -= 1
+
+
+_SIGNALS = PreemptionSignals()
+
+
+def preemption_signals() -> PreemptionSignals:
+    """The process's one handler (signals are per process); `.install()` it as early as possible."""
+    return _SIGNALS
