@@ -65,7 +65,7 @@ def test_missing_or_broken_weights_are_one_line_errors(tmp_path):
         build_model(cfg, META)
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     cfg.MODEL.WEIGHTS = str(tmp_path / "bad.pth")
-    with pytest.raises(UserError, match="could not be read"):
+    with pytest.raises(UserError, match="is damaged or not a torch file"):
         build_model(cfg, META)
 
 

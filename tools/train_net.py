@@ -39,6 +39,13 @@ logger = logging.getLogger("zenith_det")
 def main(args) -> int:
     # First of all: a stop signal at any later moment ends with a resumable state and exit 75.
     signals = preemption_signals().install()
+    try:
+        return _main(args, signals)
+    finally:
+        signals.uninstall()  # for callers in the same process (tests); the process is about to end
+
+
+def _main(args, signals) -> int:
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, resume=args.resume or args.eval_only)
     cfg.freeze()

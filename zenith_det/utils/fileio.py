@@ -130,10 +130,15 @@ def load_torch_file(path: str, field: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
-            raise CorruptFileError(f"{field}: {path} is damaged or not a torch file ({_first_line(e)})") from e
+        # weights_only refuses a class or function to build ("GLOBAL x.y"): a crafted or foreign
+        # pickle. Any other unpickling error means the bytes are not a pickle we wrote.
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f"a pickled {found.group(1)}" if found else "pickled Python objects"
+        if found is None:
+            detail = str(e).split("WeightsUnpickler error:")[-1] if "WeightsUnpickler error:" in str(e) else str(e)
+            raise CorruptFileError(
+                f"{field}: {path} is damaged or not a torch file ({_first_line(Exception(detail))})"
+            ) from e
+        what = f"a pickled {found.group(1)}"
         raise UserError(
             f"{field}: {path} holds {what}, which could run code when loaded, so it was not loaded; "
             "use a file of tensors only (e.g. torch.save(model.state_dict(), path) from a source you trust)"

@@ -1,0 +1,390 @@
+"""A long run that nothing can lose, corrupt or hijack: checkpoints, locks, resume, preemption.
+
+Most tests drive the real entry point (tools/train_net.py's `cli`) in this process,
+so they can inject a signal or a full disk at an exact moment.
+"""
+import errno
+import glob
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torchvision
+
+from zenith_det.engine import AtomicCheckpointer, Trainer, default_setup
+from zenith_det.engine import defaults as engine_defaults
+from zenith_det.errors import UserError
+from zenith_det.utils import fileio
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml")
+FAST = [
+    "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.WARMUP_ITERS", "2", "SOLVER.ZENITH.WINDOW", "5", "DATALOADER.NUM_WORKERS", "0",
+    "DATASETS.TEST", "()", "LOG_PERIOD", "1", "DETERMINISTIC", "True", "SEED", "7",
+]
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_net = _load_tool("train_net")
+
+
+def cli(args, capsys):
+    """Run tools/train_net.py in this process; returns (exit code, stderr lines)."""
+    capsys.readouterr()
+    code = train_net.cli(["--config", CONFIG, *FAST, *args])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return code, err
+
+
+def assert_one_line(code, err, *fragments):
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+
+
+class Payload:
+    """A pickle that runs code when loaded with weights_only=False: it creates `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _evil_file(tmp_path, name="evil.pth", wrap_model=True):
+    marker = str(tmp_path / "payload_ran")
+    path = str(tmp_path / name)
+    body = {"conv.weight": torch.zeros(1), "x": Payload(marker)}
+    torch.save({"model": body, "iteration": 1} if wrap_model else body, path)
+    return path, marker
+
+
+# ------------------------------------------------------------------ 1. no code from a checkpoint
+
+def test_crafted_pickle_as_model_weights_is_refused_and_never_runs(datasets_root, tmp_path, capsys):
+    evil, marker = _evil_file(tmp_path)
+    code, err = cli(["OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "1", "MODEL.WEIGHTS", evil], capsys)
+    assert_one_line(code, err, "MODEL.WEIGHTS", evil, "not loaded")
+    assert not os.path.exists(marker)
+
+
+def test_crafted_pickle_is_refused_by_eval_coco_and_by_resume(datasets_root, tmp_path, capsys):
+    evil, marker = _evil_file(tmp_path)
+    eval_coco = _load_tool("eval_coco")
+    capsys.readouterr()
+    code = eval_coco.main(["--config", CONFIG, *FAST, "DATASETS.TEST", "('synthetic_shapes_val',)", "MODEL.WEIGHTS", evil])
+    assert_one_line(code, [line for line in capsys.readouterr().err.splitlines() if line.strip()], evil)
+    assert not os.path.exists(marker)
+
+    out = tmp_path / "run"
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"], capsys)[0] == 0
+    os.replace(evil, out / "model_final.pth")  # the tagged checkpoint is replaced by a crafted one
+    code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "4", "--resume"], capsys)
+    assert_one_line(code, err, "model_final.pth")
+    assert not os.path.exists(marker)
+
+
+def test_our_checkpoints_load_with_weights_only(tiny_cfg):
+    default_setup(tiny_cfg, resume=False)
+    trainer = Trainer(tiny_cfg)
+    trainer.train()
+    state = torch.load(os.path.join(tiny_cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)
+    assert {"model", "optimizer", "iteration", "rng", "budget", "hooks", "config"} <= set(state)
+    assert state["iteration"] == tiny_cfg.SOLVER.MAX_ITER
+
+
+# ------------------------------------------------------------------ 2. --resume never starts over
+
+def test_resume_refuses_when_no_checkpoint_loads(datasets_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"], capsys)[0] == 0
+    for path in glob.glob(str(out / "model_*.pth")):
+        with open(path, "r+b") as f:
+            f.truncate(100)
+    metrics_before = (out / "metrics.json").read_bytes()
+    code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "--resume"], capsys)
+    assert_one_line(code, err, "model_final.pth", "model_0000002.pth", "nothing was changed")
+    assert (out / "metrics.json").read_bytes() == metrics_before
+    assert os.path.getsize(out / "model_final.pth") == 100
+
+
+def test_resume_does_not_fall_back_past_an_io_error(tiny_cfg, monkeypatch):
+    """An I/O error is not damage: rolling back to an older checkpoint would lose work."""
+    cfg = tiny_cfg.clone()
+    default_setup(cfg, resume=False)
+    Trainer(cfg).train()
+    trainer = Trainer(cfg)
+
+    def failing_load(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(torch, "load", failing_load)
+    with pytest.raises(UserError, match="model_final.pth could not be read .Input/output error"):
+        trainer.resume_or_load(resume=True)
+
+
+# ------------------------------------------------------------------ 3. one run per OUTPUT_DIR
+
+def test_a_folder_in_use_is_refused_naming_the_holder(tiny_cfg):
+    out = tiny_cfg.OUTPUT_DIR
+    os.makedirs(out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from zenith_det.engine.run_lock import acquire_run_lock
+            acquire_run_lock({out!r})
+            print("locked", flush=True)
+            time.sleep(120)
+        """)],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for resume in (False, True):
+            with pytest.raises(UserError, match=rf"in use by another run \(pid {holder.pid} on "):
+                default_setup(tiny_cfg.clone(), resume=resume)
+        assert os.listdir(out) == [".zenith_run.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    default_setup(tiny_cfg.clone(), resume=False)  # the kernel dropped the lock with the process
+
+
+@pytest.mark.parametrize("leftover", ["config.yaml", "metrics.json"])
+def test_an_earlier_run_without_checkpoint_counts(tiny_cfg, leftover):
+    os.makedirs(tiny_cfg.OUTPUT_DIR)
+    with open(os.path.join(tiny_cfg.OUTPUT_DIR, leftover), "w") as f:
+        f.write("{}\n")
+    with pytest.raises(UserError, match=rf"holds an earlier run \({leftover}\).*--resume"):
+        default_setup(tiny_cfg, resume=False)
+
+
+# ------------------------------------------------------------------ 4. resume means the same run
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("SOLVER.OPTIMIZER", "SGD", "'SGD' here but 'ZENITH'"),
+    ("SOLVER.ZENITH.WINDOW", "9", "9 here but 5"),
+    ("MODEL.META_ARCHITECTURE", "FasterRCNN", "'FasterRCNN' here but 'MaskRCNN'"),
+    ("MODEL.BACKBONE.NAME", "resnet18_fpn", "'resnet18_fpn' here but 'tiny_fpn'"),
+    ("DATASETS.TRAIN", "('synthetic_shapes_val',)", "('synthetic_shapes_val',) here but ('synthetic_shapes_train',)"),
+    ("SOLVER.IMS_PER_BATCH", "4", "4 here but 2"),
+])
+def test_resume_refuses_a_change_that_makes_another_run(datasets_root, tmp_path, capsys, key, value, shown):
+    out = tmp_path / "run"
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"], capsys)[0] == 0
+    config_before = (out / "config.yaml").read_text()
+    code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "4", key, value, "--resume"], capsys)
+    assert_one_line(code, err, key, shown)
+    assert (out / "config.yaml").read_text() == config_before
+
+
+def test_resume_applies_and_logs_continuing_changes(tiny_cfg):
+    cfg = tiny_cfg.clone()
+    cfg.SOLVER.MAX_ITER = 4
+    default_setup(cfg, resume=False)
+    Trainer(cfg).train()
+
+    changed = tiny_cfg.clone()
+    changed.SOLVER.MAX_ITER = 6
+    changed.SOLVER.BASE_LR = 0.005
+    changed.SOLVER.MOMENTUM = 0.5
+    changed.SOLVER.WEIGHT_DECAY = 0.001
+    changed.SOLVER.MAX_TIME_HOURS = 2.0
+    default_setup(changed, resume=True)
+    trainer = Trainer(changed)
+    assert trainer.resume_or_load(resume=True)
+    log = open(os.path.join(changed.OUTPUT_DIR, "log.txt")).read()
+    for fragment in ("SOLVER.MOMENTUM: 0.9 -> 0.5", "SOLVER.WEIGHT_DECAY: 0.0001 -> 0.001", "SOLVER.MAX_ITER: 4 -> 6"):
+        assert fragment in log
+    groups = trainer.optimizer.param_groups
+    assert all(g["momentum"] == 0.5 for g in groups)
+    assert {g["weight_decay"] for g in groups} <= {0.001, 0.0}  # norm layers keep WEIGHT_DECAY_NORM
+    assert max(g["initial_lr"] for g in groups) == pytest.approx(0.005)
+    assert trainer.clock.max_seconds == 2 * 3600
+    trainer.train()
+    assert trainer.iter == 6
+    saved = open(os.path.join(changed.OUTPUT_DIR, "config.yaml")).read()
+    assert "MOMENTUM: 0.5" in saved and "MAX_ITER: 6" in saved
+    state = torch.load(os.path.join(changed.OUTPUT_DIR, "model_final.pth"), weights_only=True)
+    assert "MOMENTUM: 0.5" in state["config"]
+
+
+def test_resume_without_seed_keeps_the_runs_seed(tiny_cfg):
+    cfg = tiny_cfg.clone()
+    cfg.SEED = 1234
+    cfg.SOLVER.MAX_ITER = 2
+    default_setup(cfg, resume=False)
+    Trainer(cfg).train()
+    again = tiny_cfg.clone()
+    again.SEED = -1
+    default_setup(again, resume=True)
+    trainer = Trainer(again)
+    trainer.resume_or_load(resume=True)
+    assert trainer.cfg.SEED == 1234
+
+
+# ------------------------------------------------------------------ 5. preemption at any moment
+
+def _signal_self_during(monkeypatch, module, name):
+    original = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def test_sigterm_during_final_evaluation_exits_75_and_resume_evaluates(datasets_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    args = ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "('synthetic_shapes_val',)", "TEST.EVAL_PERIOD", "0"]
+    with monkeypatch.context() as m:
+        _signal_self_during(m, engine_defaults, "build_detection_test_loader")
+        code, err = cli(args, capsys)
+    assert code == 75, err
+    assert not (out / "inference" / "coco_instances_results.json").exists()  # the evaluation was abandoned
+    code, err = cli(args + ["--resume"], capsys)
+    assert code == 0, err
+    assert (out / "inference" / "coco_instances_results.json").exists()
+
+
+def test_sigterm_during_final_checkpoint_exits_75_with_the_checkpoint(datasets_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    args = ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1000"]
+    real_save = AtomicCheckpointer.save
+
+    def save(self, name, state):
+        if name == "model_final":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(self, name, state)
+
+    with monkeypatch.context() as m:
+        m.setattr(AtomicCheckpointer, "save", save)
+        code, err = cli(args, capsys)
+    assert code == 75, err
+    state = torch.load(out / "model_final.pth", weights_only=True)
+    assert state["iteration"] == 2
+    assert not glob.glob(str(out / (fileio.TEMP_PREFIX + "*")))
+
+
+def test_sigterm_before_training_starts_exits_75(datasets_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _signal_self_during(m, engine_defaults, "build_detection_train_loader")
+        code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3"], capsys)
+    assert code == 75, err
+    assert torch.load(out / "model_0000000.pth", weights_only=True)["iteration"] == 0
+    code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", "--resume"], capsys)
+    assert code == 0, err
+
+
+# ------------------------------------------------------------------ 6. weights that don't fit
+
+def test_model_weights_that_do_not_fit_are_refused(datasets_root, tmp_path, capsys):
+    backbone = str(tmp_path / "resnet18.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), backbone)
+    code, err = cli(["OUTPUT_DIR", str(tmp_path / "a"), "SOLVER.MAX_ITER", "1", "MODEL.WEIGHTS", backbone], capsys)
+    assert_one_line(code, err, "MODEL.WEIGHTS", "fits only 0 of", "MODEL.BACKBONE.WEIGHTS")
+
+
+def test_model_weights_log_how_many_tensors_loaded(datasets_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1"], capsys)[0] == 0
+    code, _ = cli(["OUTPUT_DIR", str(tmp_path / "b"), "SOLVER.MAX_ITER", "1",
+                   "MODEL.WEIGHTS", str(out / "model_final.pth")], capsys)
+    assert code == 0
+    log = open(tmp_path / "b" / "log.txt").read()
+    (n, m), = {tuple(int(x) for x in line.split("loaded ")[1].split(" tensors")[0].split(" of "))
+               for line in log.splitlines() if "MODEL.WEIGHTS: loaded" in line}
+    assert n == m > 0
+
+
+@pytest.mark.parametrize("case", ["wrong_depth", "corrupt", "detection_model"])
+def test_bad_backbone_weights_are_one_line(datasets_root, tmp_path, capsys, case):
+    path = str(tmp_path / "backbone.pth")
+    if case == "wrong_depth":
+        torch.save(torchvision.models.resnet18().state_dict(), path)
+    elif case == "corrupt":
+        torch.save(torchvision.models.resnet50().state_dict(), path)
+        with open(path, "r+b") as f:
+            f.truncate(4096)
+    else:
+        torch.save({"model": {"backbone.body.conv1.weight": torch.zeros(1)}}, path)
+    code, err = cli(["OUTPUT_DIR", str(tmp_path / "o"), "SOLVER.MAX_ITER", "1", "MODEL.BACKBONE.NAME", "resnet50_fpn",
+                     "MODEL.BACKBONE.NORM", "BN", "MODEL.BACKBONE.WEIGHTS", path], capsys)
+    assert_one_line(code, err, "MODEL.BACKBONE.WEIGHTS", path)
+
+
+def test_eval_only_without_weights_is_refused(datasets_root, tmp_path, capsys):
+    code, err = cli(["OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TEST", "('synthetic_shapes_val',)", "--eval-only"], capsys)
+    assert_one_line(code, err, "--eval-only", "MODEL.WEIGHTS")
+    code, err = cli(["OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TEST", "('synthetic_shapes_val',)",
+                     "--eval-only", "--resume"], capsys)
+    assert_one_line(code, err, "no checkpoint")
+
+
+# ------------------------------------------------------------------ 7/9. full disk, temporary files
+
+def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(datasets_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def save_then_fill_disk(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) < 2:
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_then_fill_disk)
+    code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2"], capsys)
+    monkeypatch.undo()
+    assert_one_line(code, err, "disk is full", str(out))
+    assert open(out / "last_checkpoint").read() == "model_0000002.pth"
+    assert torch.load(out / "model_0000002.pth", weights_only=True)["iteration"] == 2
+    assert not glob.glob(str(out / (fileio.TEMP_PREFIX + "*")))
+    code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "--resume"], capsys)
+    assert code == 0, err
+
+
+def test_stale_temporaries_are_removed_at_the_next_start(datasets_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1"], capsys)[0] == 0
+    stale = [out / (fileio.TEMP_PREFIX + "model_0000004.pth.abc123"),
+             out / "inference" / (fileio.TEMP_PREFIX + "results.json.x1")]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half a checkpoint")
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", "--resume"], capsys)[0] == 0
+    assert not any(p.exists() for p in stale)
+
+
+def test_atomic_write_uses_fresh_names_and_plain_permissions(tmp_path):
+    target = tmp_path / "stats.json"
+    # A planted file (or link) at a guessable temporary name is neither followed nor clobbered.
+    planted = tmp_path / f"stats.json.tmp.{os.getpid()}"
+    planted.write_text("keep")
+    fileio.atomic_write_json({"a": 1}, str(target))
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert planted.read_text() == "keep"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(os.listdir(tmp_path)) == ["stats.json", planted.name]
