@@ -128,3 +128,41 @@ def test_amp_trains_and_zenith_sees_unscaled_norms(tiny_cfg, dtype):
     for value in trainer.model.state_dict().values():
         if value.is_floating_point():
             assert torch.isfinite(value).all()
+
+
+def test_sigterm_to_the_launcher_stops_both_ranks_with_75_then_resume_finishes(datasets_root, tmp_path):
+    """`--num-gpus 2` on the CPU (gloo): SIGTERM to the parent alone reaches both workers."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = str(tmp_path / "run")
+    args = [
+        sys.executable, os.path.join(repo, "tools", "train_net.py"),
+        "--config", os.path.join(repo, "configs", "synthetic", "mask_rcnn_zenith.yaml"), "--num-gpus", "2",
+        "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.ZENITH.WINDOW", "5", "DATALOADER.NUM_WORKERS", "0",
+        "DATASETS.TEST", "()", "LOG_PERIOD", "1", "SOLVER.MAX_ITER", "200", "SOLVER.CHECKPOINT_PERIOD", "1000",
+        "OUTPUT_DIR", out,
+    ]
+    env = dict(os.environ, ZENITH_DATASETS=datasets_root, PYTHONPATH=repo, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(out, "metrics.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and any(json.loads(line)["iteration"] >= 2 for line in open(metrics) if line.strip()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 75, stderr[-2000:]
+    stopped = torch.load(os.path.join(out, open(os.path.join(out, "last_checkpoint")).read()), weights_only=True)
+    assert 2 <= stopped["iteration"] < 200
+    resumed = subprocess.run(args[:-4] + ["SOLVER.MAX_ITER", str(stopped["iteration"] + 2), "OUTPUT_DIR", out, "--resume"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["iteration"] == stopped["iteration"] + 2

@@ -6,6 +6,7 @@ backend is NCCL when CUDA is used, gloo on the CPU.
 """
 import logging
 import os
+import signal
 import socket
 from datetime import timedelta
 
@@ -46,10 +47,26 @@ def launch(main_func, num_processes: int = 1, use_cuda: bool = None, args=(), ti
         raise ValueError(f"--num-gpus {num_processes} but only {torch.cuda.device_count()} CUDA devices are visible")
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(_free_port())
-    mp.start_processes(
+    context = mp.start_processes(
         _worker, nprocs=num_processes, args=(main_func, num_processes, use_cuda, args, timeout_minutes),
-        daemon=False, start_method="spawn",
+        daemon=False, start_method="spawn", join=False,
     )
+    # SIGTERM sent to this process alone (`kill PID`, a scheduler) is passed to the workers,
+    # which checkpoint and exit 75; join() then reports that code (ProcessExitedException).
+    # Ctrl-C already reaches every process of the terminal's group: the parent just waits.
+    def forward(signum, frame):
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    try:
+        while not context.join():
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _init_from_env(use_cuda: bool, timeout_minutes: int) -> None:
