@@ -314,7 +314,7 @@ def test_results_file_uses_json_category_ids_and_xywh(evaluated, preds):
     b = out["boxes"][0].tolist()
     assert mine[0]["bbox"] == pytest.approx([b[0], b[1], b[2] - b[0], b[3] - b[1]], abs=1e-4)
     assert mine[0]["category_id"] == CONTIGUOUS[int(out["labels"][0])]
-    assert not [f for f in os.listdir(os.path.dirname(results_file)) if f.startswith(".tmp_")]
+    assert os.listdir(os.path.dirname(results_file)) == [RESULTS_FILE]  # no temporary left behind
 
 
 def test_perfect_predictions_score_100(gt_path, gt):

@@ -13,12 +13,12 @@ DATASETS.TEST dataset and evaluate:
 
 Both print the table and, with --json-out FILE, write
 {"bbox": {"AP": ...}, "segm": {...}, "keypoints": {...}} (NaN as null).
-Mistakes (a missing file, a bad key) are one line on stderr and exit code 2.
+Mistakes (a missing file, a bad key, a malformed detection or ground truth) are
+one line on stderr, naming the file, the entry and the field, and exit code 2;
+every task's input is checked before the first evaluation starts.
 """
 import argparse
-import json
 import logging
-import os
 import sys
 from collections import OrderedDict
 
@@ -26,15 +26,18 @@ from zenith_det.errors import UserError
 from zenith_det.evaluation import (
     BACKENDS,
     TASKS,
-    evaluate_results_json,
+    check_task_results,
+    derive_metrics,
     format_per_category_table,
     format_results_table,
     jsonable_results,
     load_coco_gt,
     load_results,
+    run_cocoeval,
 )
 from zenith_det.evaluation.conversion import results_tasks
 from zenith_det.utils.cli import OneLineArgumentParser, run_guarded
+from zenith_det.utils.fileio import atomic_write_json
 
 logger = logging.getLogger("zenith_det.tools.eval_coco")
 
@@ -67,18 +70,27 @@ def parse_args(argv=None):
 
 
 def evaluate_file(args) -> "OrderedDict[str, dict]":
-    results = load_results(args.results)
+    results = load_results(args.results)  # a list of objects, or a one-line error
     supported = results_tasks(results)
     tasks = [t for t in TASKS if t in set(args.task)] if args.task else supported
     missing = [t for t in tasks if t not in supported]
     if missing:
-        raise UserError(f"{args.results}: results lack the fields for --task {' '.join(missing)} "
-                        f"(they support: {', '.join(supported) or 'nothing'})")
+        field = _FIELDS[missing[0]]
+        i = next(i for i, r in enumerate(results) if field not in r)
+        raise UserError(f"{args.results}: results[{i}] has no '{field}', so --task {missing[0]} cannot be evaluated "
+                        f"(every result has the fields of: {', '.join(supported) or 'no task'})")
     gt = load_coco_gt(args.gt, args.backend)  # once, for every task
+    for task in tasks:  # every task's input, before the first (slow) evaluation
+        check_task_results(gt, results, task, args.results, args.kpt_oks_sigmas)
     out = OrderedDict()
     for task in tasks:
-        out[task] = evaluate_results_json(gt, results, task, args.backend, args.kpt_oks_sigmas, args.max_dets)
+        ev = run_cocoeval(gt, results, task, args.backend, args.kpt_oks_sigmas, args.max_dets, args.results,
+                          check=False)
+        out[task] = derive_metrics(ev, task)
     return out
+
+
+_FIELDS = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
 
 
 def evaluate_model(args) -> "OrderedDict[str, dict]":
@@ -117,10 +129,7 @@ def _run(args) -> int:
             if table:
                 print(f"\nper-category {task} AP:\n{table}")
     if args.json_out:
-        directory = os.path.dirname(os.path.abspath(args.json_out))
-        os.makedirs(directory, exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(jsonable_results(results), f, indent=2)
+        atomic_write_json(jsonable_results(results), args.json_out, indent=2)
     return 0
 
 

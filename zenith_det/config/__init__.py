@@ -91,8 +91,19 @@ _NON_NEGATIVE = (
 )
 
 
+def _no_none(cfg: CfgNode, defaults: CfgNode, source: str, prefix: str = "") -> None:
+    """yacs lets None replace any value; only keys whose default is None may be None."""
+    for key, value in cfg.items():
+        default = defaults.get(key)
+        if isinstance(value, CfgNode):
+            _no_none(value, default, source, f"{prefix}{key}.")
+        elif value is None and default is not None:
+            raise UserError(f"{source}: {prefix}{key} is None; give a {type(default).__name__} like the default {default!r}")
+
+
 def check_values(cfg: CfgNode, source: str) -> None:
-    """Numbers out of range are one line naming the key, not a crash deep in training."""
+    """Missing or out-of-range values are one line naming the key, not a crash deep in training."""
+    _no_none(cfg, _C, source)
     for keys, ok, need in ((_POSITIVE, lambda v: v > 0, "> 0"), (_NON_NEGATIVE, lambda v: v >= 0, ">= 0")):
         for key in keys:
             value = cfg

@@ -1,5 +1,4 @@
 """COCO AP of a model's predictions, collected batch by batch on every rank."""
-import json
 import logging
 import os
 import time
@@ -7,7 +6,17 @@ from collections import OrderedDict
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ..utils import comm
-from .coco_metrics import TASKS, check_backend, coco_api, derive_metrics, evaluate_results_json, load_coco_gt, run_cocoeval
+from ..utils.fileio import atomic_write_json
+from .coco_metrics import (
+    TASKS,
+    check_backend,
+    check_task_results,
+    coco_api,
+    derive_metrics,
+    evaluate_results_json,
+    load_coco_gt,
+    run_cocoeval,
+)
 from .conversion import infer_tasks, instances_to_coco_json
 from .printing import format_results_table
 
@@ -36,22 +45,6 @@ def merge_predictions(per_rank: Iterable[List[Dict]]) -> List[Dict]:
     if duplicates:
         logger.info("dropped %d duplicate image predictions (a padding sampler?)", duplicates)
     return [by_image[i] for i in sorted(by_image)]
-
-
-def _atomic_write_json(obj, path: str) -> None:
-    # A reader (or a killed run) never sees a half-written file.
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # A plain open (not mkstemp, which makes the file 0600) keeps the umask's permissions.
-    tmp = os.path.join(directory, f".tmp_{os.getpid()}_{os.path.basename(path)}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class COCOEvaluator:
@@ -126,21 +119,26 @@ class COCOEvaluator:
         coco_results = [inst for p in predictions for inst in p["instances"]]
         if not coco_results:
             logger.warning("the model detected nothing on %d images", len(predictions))
+        source = "the model's detections"
         if self._output_dir:
             path = os.path.join(self._output_dir, RESULTS_FILE)
-            _atomic_write_json(coco_results, path)
+            atomic_write_json(coco_results, path)
             logger.info("wrote %d detections to %s", len(coco_results), path)
+            source = path  # a bad detection (a NaN score, say) is then named by its index in this file
 
         if self._coco_gt is None:
             start = time.perf_counter()
             self._coco_gt = load_coco_gt(self._gt_source, self._backend)
             logger.info("loaded the ground truth in %.2fs", time.perf_counter() - start)
 
+        for task in tasks:  # all of them before the first (slow) evaluation
+            check_task_results(self._coco_gt, coco_results, task, source, self._kpt_oks_sigmas)
         results = OrderedDict()
         for task in tasks:
             start = time.perf_counter()
             ev = run_cocoeval(
-                self._coco_gt, coco_results, task, self._backend, self._kpt_oks_sigmas, self._max_dets
+                self._coco_gt, coco_results, task, self._backend, self._kpt_oks_sigmas, self._max_dets, source,
+                check=False,
             )
             results[task] = derive_metrics(ev, task)
             logger.info("COCOeval %s (%s) took %.2fs", task, self._backend, time.perf_counter() - start)

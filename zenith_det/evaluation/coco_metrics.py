@@ -1,12 +1,13 @@
 """Run COCOeval on COCO-format results and derive detectron2's metric dict.
 
 The one implementation behind COCOEvaluator, tools/eval_coco.py and the
-benchmark, for both backends: pycocotools and faster-coco-eval.
+benchmark, for both backends: pycocotools and faster-coco-eval. Its input is
+checked first (validation.py): a bad result or ground truth is a one-line
+UserError, never a traceback from the backend or a silently wrong AP.
 """
 import contextlib
 import copy
 import io
-import json
 import logging
 import math
 import os
@@ -17,6 +18,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import UserError
+from .conversion import compress_segmentation
+from .validation import check_gt, check_results, check_results_list, image_sizes, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,6 @@ _TASK_FIELDS = {
     "segm": ("image_id", "category_id", "segmentation", "score"),
     "keypoints": ("image_id", "category_id", "bbox", "keypoints", "score"),
 }
-_TASK_REQUIRED = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
 
 
 @contextlib.contextmanager
@@ -90,16 +92,20 @@ def load_coco_gt(gt, backend: str = "pycocotools"):
     both APIs write into the annotation dicts while evaluating.
     """
     api = coco_api(backend)
+    source = "the ground truth"
     if isinstance(gt, api.COCO):
+        check_gt(gt.dataset, getattr(gt, "zenith_source", source))
         return gt
     if hasattr(gt, "dataset") and hasattr(gt, "createIndex"):
+        source = getattr(gt, "zenith_source", source)
+        check_gt(gt.dataset, source)
         gt = copy.deepcopy(gt.dataset)
     elif isinstance(gt, (str, os.PathLike)):
-        path = os.fspath(gt)
-        gt = _read_json(path, "ground-truth json")
-        if not isinstance(gt, dict) or "images" not in gt:
-            raise UserError(f"{path}: not a COCO-format ground truth (no 'images' list)")
+        source = os.fspath(gt)
+        gt = read_json(source, "ground-truth json")
+        check_gt(gt, source)
     elif isinstance(gt, dict):
+        check_gt(gt, source)
         gt = copy.deepcopy(gt)
     else:
         raise TypeError(f"ground truth must be a json path, a dict or a COCO object, not {type(gt).__name__}")
@@ -107,55 +113,37 @@ def load_coco_gt(gt, backend: str = "pycocotools"):
     coco.dataset = gt
     with _quiet():
         coco.createIndex()
+    coco.zenith_source = source  # messages about results name the ground truth they were checked against
     return coco
 
 
-def _read_json(path, what: str):
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{what} not found: {path}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid json ({e})") from None
-
-
 def load_results(results) -> List[Dict]:
-    """A COCO results list from a json path or a list."""
+    """A COCO results list from a json path or a list (a path's content is checked to be a list of objects)."""
     if isinstance(results, (str, os.PathLike)):
         path = os.fspath(results)
-        results = _read_json(path, "results json")
-        if not isinstance(results, list):
-            raise UserError(f"{path}: a COCO results file is a json list of detections, got a {type(results).__name__}")
+        results = read_json(path, "results json")
+        check_results_list(results, path)
     return results
 
 
-def _task_results(results: List[Dict], task: str) -> List[Dict]:
-    field = _TASK_REQUIRED[task]
-    missing = sum(1 for r in results if field not in r)
-    if missing:
-        raise UserError(f"{missing} of {len(results)} results have no '{field}', so they cannot be evaluated for {task}")
+def _task_results(coco_gt, results: List[Dict], task: str) -> List[Dict]:
+    """Fresh dicts (loadRes writes area/id/iscrowd into them) with the fields the task reads."""
     keep = _TASK_FIELDS[task]
-    # Fresh dicts: loadRes writes area/id/iscrowd into them.
-    return [{k: r[k] for k in keep if k in r} for r in results]
-
-
-def _check_ids(coco_gt, results: List[Dict]) -> None:
-    img_ids = set(coco_gt.getImgIds())
-    bad = sorted({r["image_id"] for r in results} - img_ids)
-    if bad:
-        raise UserError(
-            f"{len(bad)} result image ids are not in the ground truth (e.g. {bad[:5]}): "
-            "the results and the ground-truth json must come from the same dataset"
-        )
-    cat_ids = set(coco_gt.getCatIds())
-    bad = sorted({r["category_id"] for r in results} - cat_ids)
-    if bad:
-        raise UserError(
-            f"result category ids {bad[:10]} are not in the ground truth's categories {sorted(cat_ids)[:10]}: "
-            "results must use the json's category ids"
-        )
+    if task == "keypoints" and not all("bbox" in r for r in results):
+        # loadRes takes the area from the box only if the first result has one, and then
+        # fails on any without; with boxes on some only, all take it from the keypoints.
+        keep = tuple(k for k in keep if k != "bbox")
+    out = [{k: r[k] for k in keep if k in r} for r in results]
+    if task == "segm":
+        # loadRes takes only RLEs with string counts; polygons and run-length lists are valid
+        # COCO too, and get the same encoding COCOeval gives the ground truth's.
+        sizes = None
+        for r in out:
+            seg = r["segmentation"]
+            if not (isinstance(seg, dict) and isinstance(seg["counts"], str)):
+                sizes = sizes or image_sizes(coco_gt, getattr(coco_gt, "zenith_source", "the ground truth"))
+                r["segmentation"] = compress_segmentation(seg, *sizes[r["image_id"]])
+    return out
 
 
 def keypoint_category_ids(coco_gt) -> List[int]:
@@ -195,22 +183,24 @@ def run_cocoeval(
     backend: str = "pycocotools",
     kpt_oks_sigmas: Optional[Sequence[float]] = None,
     max_dets: int = 100,
+    source: str = "the results",
+    check: bool = True,
 ):
     """COCOeval after evaluate() and accumulate() (summarize() is left to the caller).
 
     `coco_gt` must be the backend's COCO (see load_coco_gt); `results` is a
-    COCO results list, which is not modified.
+    COCO results list, which is not modified. Bad results raise UserError
+    naming `source` (the results file), the entry and the field; check=False
+    skips that for results check_task_results has passed already.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     api = coco_api(backend)
-    results = _task_results(results, task)
-    _check_ids(coco_gt, results)
-    params_cat_ids = None
+    if check:
+        check_task_results(coco_gt, results, task, source, kpt_oks_sigmas)
+    results = _task_results(coco_gt, results, task)
     if task == "keypoints":
         params_cat_ids = keypoint_category_ids(coco_gt)
-        if not params_cat_ids:
-            raise UserError("the ground truth has no keypoint annotations, so keypoints cannot be evaluated")
         keep = set(params_cat_ids)
         results = [r for r in results if r["category_id"] in keep]
 
@@ -221,7 +211,6 @@ def run_cocoeval(
         ev.params.catIds = params_cat_ids
         if kpt_oks_sigmas is not None and len(kpt_oks_sigmas):
             ev.params.kpt_oks_sigmas = np.asarray(kpt_oks_sigmas, dtype=np.float64)
-        _check_num_keypoints(coco_gt, results, params_cat_ids, len(ev.params.kpt_oks_sigmas))
     else:
         # COCOeval's maxDets for keypoints is [20]; only the detection tasks take ours.
         ev.params.maxDets = sorted({1, 10, int(max_dets)})
@@ -232,18 +221,45 @@ def run_cocoeval(
     return ev
 
 
-def _check_num_keypoints(coco_gt, results, cat_ids, num_sigmas: int) -> None:
+def check_task_results(
+    coco_gt, results: List[Dict], task: str, source: str = "the results",
+    kpt_oks_sigmas: Optional[Sequence[float]] = None,
+) -> None:
+    """UserError, before any COCOeval runs, for results `task` cannot evaluate: it names `source`,
+    the first bad entry and its field. Callers evaluating several tasks check them all first,
+    so that a bad mask is not found only after minutes of box evaluation."""
+    keypoint_shape = None
+    if task == "keypoints":
+        cat_ids = keypoint_category_ids(coco_gt)
+        if not cat_ids:
+            raise UserError("the ground truth has no keypoint annotations, so keypoints cannot be evaluated")
+        num_keypoints = _gt_num_keypoints(coco_gt, cat_ids)
+        given = kpt_oks_sigmas is not None and len(kpt_oks_sigmas)
+        _check_num_sigmas(num_keypoints, len(kpt_oks_sigmas) if given else _COCOEVAL_NUM_SIGMAS)
+        keypoint_shape = (num_keypoints, set(cat_ids))
+    check_results(results, coco_gt, task, source, keypoint_shape)
+
+
+# Both backends' COCOeval default to COCO's 17 person keypoint sigmas.
+_COCOEVAL_NUM_SIGMAS = 17
+
+
+def _gt_num_keypoints(coco_gt, cat_ids) -> Optional[int]:
+    """Keypoints per instance in the ground truth: of its first keypoint annotation, else of its schema."""
     cat_ids = set(cat_ids)
-    gt_ann = next((a for a in coco_gt.dataset.get("annotations", []) if a["category_id"] in cat_ids and "keypoints" in a), None)
-    counts = {"TEST.KEYPOINT_OKS_SIGMAS": num_sigmas}
+    anns, cats = coco_gt.dataset["annotations"], coco_gt.dataset["categories"]
+    gt_ann = next((a for a in anns if a.get("category_id") in cat_ids and "keypoints" in a), None)
     if gt_ann is not None:
-        counts["the ground truth"] = len(gt_ann["keypoints"]) // 3
-    if results:
-        counts["the predictions"] = len(results[0]["keypoints"]) // 3
-    if len(set(counts.values())) > 1:
-        found = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        return len(gt_ann["keypoints"]) // 3
+    names = next((c["keypoints"] for c in cats if c["id"] in cat_ids and c.get("keypoints")), None)
+    return len(names) if names else None
+
+
+def _check_num_sigmas(num_keypoints: Optional[int], num_sigmas: int) -> None:
+    if num_keypoints is not None and num_keypoints != num_sigmas:
         raise UserError(
-            f"keypoint counts disagree ({found}); set TEST.KEYPOINT_OKS_SIGMAS to one sigma per keypoint "
+            f"keypoint counts disagree (TEST.KEYPOINT_OKS_SIGMAS: {num_sigmas}, the ground truth: {num_keypoints}); "
+            "set TEST.KEYPOINT_OKS_SIGMAS (--kpt-oks-sigmas of tools/eval_coco.py) to one sigma per keypoint "
             "(empty means COCO's 17)"
         )
 
@@ -289,13 +305,17 @@ def evaluate_results_json(
     backend: str = "pycocotools",
     kpt_oks_sigmas: Optional[Sequence[float]] = None,
     max_dets: int = 100,
+    source: Optional[str] = None,
 ) -> Dict[str, float]:
     """detectron2-style metrics (percent) of a COCO results file or list against a ground truth.
 
     `gt_json` is a path, a dict or a COCO object; an empty results list scores 0
-    (NaN for area ranges without ground truth).
+    (NaN for area ranges without ground truth). `source` names a results list in
+    messages (a path names itself).
     """
     coco_gt = load_coco_gt(gt_json, backend)
+    if source is None:
+        source = os.fspath(results_json) if isinstance(results_json, (str, os.PathLike)) else "the results"
     results = load_results(results_json)
-    ev = run_cocoeval(coco_gt, results, task, backend, kpt_oks_sigmas, max_dets)
+    ev = run_cocoeval(coco_gt, results, task, backend, kpt_oks_sigmas, max_dets, source)
     return derive_metrics(ev, task)

@@ -34,6 +34,20 @@ def encode_masks(masks: torch.Tensor) -> List[dict]:
     return rles
 
 
+def compress_segmentation(segm, height: int, width: int) -> dict:
+    """Polygons [[x1, y1, ...], ...] or an RLE with a list of run lengths, as the RLE with
+    string counts that both backends' loadRes need (they take nothing else in results)."""
+    if isinstance(segm, dict) and isinstance(segm["counts"], (str, bytes)):
+        rle = dict(segm)
+    elif isinstance(segm, dict):
+        rle = mask_util.frPyObjects(segm, height, width)
+    else:
+        rle = mask_util.merge(mask_util.frPyObjects([[float(v) for v in p] for p in segm], height, width))
+    if isinstance(rle["counts"], bytes):
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
 def instances_to_coco_json(
     output: Mapping[str, torch.Tensor],
     image_id: int,
