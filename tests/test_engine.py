@@ -70,23 +70,49 @@ def test_outputs_metrics_config_and_pruned_checkpoints(tiny_cfg):
     assert "OPTIMIZER: ZENITH" in saved and "MAX_ITER: 8" in saved
 
 
+class FakeTime:
+    """An injected clock: each training step takes exactly one second, whatever the machine's load."""
+
+    def __init__(self, start=0.0):
+        self.now = start
+
+    def __call__(self):
+        return self.now
+
+
+class Tick(HookBase):
+    def __init__(self, fake):
+        self.fake = fake
+
+    def before_step(self):
+        self.fake.now += 1.0
+
+
+def run_with_clock(cfg, fake, resume=False):
+    default_setup(cfg, resume=resume)
+    trainer = Trainer(cfg, clock=fake)
+    trainer.register_hooks([Tick(fake)])
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    return trainer
+
+
 def test_budget_stops_early_and_resume_counts_time_spent(tiny_cfg):
     cfg = tiny_cfg.clone()
     cfg.SOLVER.MAX_ITER = 1000
-    budget = 12.0
-    cfg.SOLVER.MAX_TIME_HOURS = budget / 3600
-    trainer = run(cfg)
-    assert trainer.stop_reason == "budget"
-    assert 3 < trainer.iter < 1000
-    # Stopped early enough for the final checkpoint to fit (one step of slack for timing noise).
-    assert trainer.clock.elapsed() <= budget + trainer.clock.step_seconds
-    state = torch.load(os.path.join(cfg.OUTPUT_DIR, f"model_{trainer.iter:07d}.pth"), weights_only=True)
-    spent = state["budget"]["spent_seconds"]
-    assert 0 < spent <= budget + 1.0
-    again = run(cfg, resume=True)
-    assert again.clock.spent_before == pytest.approx(spent)
-    # The budget is (nearly) used up, so the resumed run stops after at most a couple of steps.
-    assert again.stop_reason == "budget" and again.iter - again.start_iter <= 2
+    cfg.SOLVER.MAX_TIME_HOURS = 10.0 / 3600
+    trainer = run_with_clock(cfg, FakeTime())
+    # 1 s per step, 1 s kept for one more step: the 9th step is the last that fits in 10 s.
+    assert trainer.stop_reason == "budget" and trainer.iter == 9
+    state = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_0000009.pth"), weights_only=True)
+    assert state["budget"]["spent_seconds"] == 9.0 and state["budget"]["step_seconds"] == 1.0
+    again = run_with_clock(cfg, FakeTime(start=500.0), resume=True)
+    assert again.clock.spent_before == 9.0
+    # The budget is used up: the resumed run trains no further, it only checkpoints (and evaluates).
+    assert again.stop_reason == "budget" and again.iter == again.start_iter == 9
+    cfg.SOLVER.MAX_TIME_HOURS = 12.0 / 3600  # more time on resume: it is applied
+    more = run_with_clock(cfg, FakeTime(), resume=True)
+    assert more.iter == 11
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tiny_cfg, capsys):

@@ -34,10 +34,6 @@ class EventStorage:
         else:
             self._record(name, float(value), self.iter)
 
-    def put_scalars(self, smoothing_hint: bool = True, **kwargs) -> None:
-        for name, value in kwargs.items():
-            self.put_scalar(name, value, smoothing_hint)
-
     def _record(self, name: str, value: float, iteration: int) -> None:
         self._history[name].update(value, iteration)
         self._latest[name] = (value, iteration)

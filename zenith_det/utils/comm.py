@@ -42,23 +42,6 @@ def gather(obj, dst: int = 0) -> list:
     return out if get_rank() == dst else []
 
 
-def broadcast_object(obj, src: int = 0):
-    if get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (for logging losses)."""
-    if get_world_size() == 1:
-        return tensor
-    tensor = tensor.clone()
-    dist.all_reduce(tensor)
-    return tensor / get_world_size()
-
-
 def any_rank(flag: bool, device=None) -> bool:
     """True on every rank if `flag` is True on any: hooks use it so all ranks stop,
     evaluate or checkpoint at the same iteration."""
