@@ -71,9 +71,6 @@ class EventStorage:
             out[name] = (value, iteration)
         return out
 
-    def step(self) -> None:
-        self.iter += 1
-
     def __enter__(self):
         _CURRENT_STORAGE.append(self)
         return self
