@@ -48,6 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import plot_metrics  # noqa: E402  (tools/plot_metrics.py)
+from zenith_det import exit_codes  # noqa: E402
 from zenith_det.utils.fileio import atomic_write_json  # noqa: E402
 
 STATS = "compare_stats.json"
@@ -449,7 +450,7 @@ def run_variants(args, variants: List[Variant], common: List[str]) -> None:
             reference_iters = json.load(open(stats_path))["iterations"]
 
 
-PREEMPTED = 75  # tools/train_net.py's code for "stopped by a signal, checkpoint written"
+PREEMPTED = exit_codes.PREEMPTED  # "stopped by a signal, checkpoint written"
 
 
 def run_process(cmd: List[str], log) -> int:

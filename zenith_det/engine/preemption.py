@@ -13,10 +13,11 @@ import logging
 import signal
 from contextlib import contextmanager
 
+from .. import exit_codes
+
 logger = logging.getLogger(__name__)
 
-# EX_TEMPFAIL: "try again" -- requeue the job with --resume.
-PREEMPTED_EXIT_CODE = 75
+PREEMPTED_EXIT_CODE = exit_codes.PREEMPTED
 
 
 class Preempted(BaseException):

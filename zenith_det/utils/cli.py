@@ -3,12 +3,11 @@ import argparse
 import logging
 import sys
 
+from .. import exit_codes
 from ..errors import UserError
 
-# Exit codes: 2 = a mistake in the input (the message says which and how to fix it),
-# 3 = training diverged (non-finite losses), 75 = preempted (see PREEMPTED_EXIT_CODE).
-USER_ERROR_EXIT_CODE = 2
-DIVERGED_EXIT_CODE = 3
+USER_ERROR_EXIT_CODE = exit_codes.USER_ERROR
+DIVERGED_EXIT_CODE = exit_codes.DIVERGED
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
