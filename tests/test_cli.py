@@ -13,6 +13,8 @@ from PIL import Image
 
 from zenith_det.data import generate_synthetic_coco
 
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml")

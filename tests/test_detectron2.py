@@ -1,10 +1,12 @@
 """The detectron2 integration, checked against a real detectron2 (installed from its source).
 
-Skipped as a whole where detectron2 is absent (it is not on PyPI; see docs/DETECTRON2.md).
+Skipped as a whole where detectron2 is absent (it is not on PyPI; see README.md, 'Installing detectron2').
 """
 import pytest
 
 pytest.importorskip("detectron2")
+
+pytestmark = pytest.mark.detectron2
 
 import glob  # noqa: E402
 import json  # noqa: E402

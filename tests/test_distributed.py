@@ -9,6 +9,8 @@ from zenith_det.engine import HookBase, Trainer, default_setup, launch
 from zenith_det.solver import lr_multiplier_source
 from zenith_det.utils import comm
 
+pytestmark = pytest.mark.slow
+
 ITERS = 4
 
 

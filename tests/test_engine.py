@@ -115,6 +115,18 @@ def test_budget_stops_early_and_resume_counts_time_spent(tiny_cfg):
     assert more.iter == 11
 
 
+def test_budget_keeps_time_for_the_final_evaluation_before_any_has_run(tiny_cfg):
+    cfg = tiny_cfg.clone()
+    cfg.SOLVER.MAX_ITER = 1000
+    cfg.SOLVER.MAX_TIME_HOURS = 50.0 / 3600
+    cfg.DATASETS.TEST = ("synthetic_shapes_val",)  # 64 images
+    trainer = run_with_clock(cfg, FakeTime())
+    # Estimate: 64 images x (1 s per step / 2 images per step + COCOeval's 0.018 s) = 33.2 s,
+    # so with 1 s for one more step, step 16 is the last (16 + 1 + 33.2 >= 50).
+    assert trainer.stop_reason == "budget" and trainer.iter == 16
+    assert trainer.clock.eval_seconds is not None  # the final evaluation ran and was measured
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tiny_cfg, capsys):
     cfg = tiny_cfg.clone()
     run(cfg, extra_hooks=[StopAt(6)])  # checkpoints at 4 (periodic) and 6 (stop)

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from zenith_det.data import generate_synthetic_coco
 
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml")
 FAST = [

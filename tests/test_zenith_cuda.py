@@ -7,7 +7,7 @@ import torch
 
 from zenith_det import Zenith
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def _model(device, dtype=torch.float32):

@@ -24,13 +24,14 @@ from zenith_det.engine import (
     build_model_for_evaluation,
     default_setup,
     evaluate,
+    inference_dir,
     launch,
     preemption_signals,
     resolve_device,
 )
 from zenith_det.engine.launch import launched_by_torchrun
 from zenith_det.utils.cli import default_argument_parser, run_guarded
-from zenith_det.evaluation import format_results_table
+from zenith_det.evaluation import RESULTS_FILE, format_results_table
 from zenith_det.utils import comm
 
 logger = logging.getLogger("zenith_det")
@@ -84,7 +85,8 @@ def print_summary(cfg, results, trainer) -> None:
             f"{trainer.clock.elapsed() / 60:.1f} min of the {cfg.SOLVER.MAX_TIME_HOURS:g} h budget used."
         )
         lines.append(f"  checkpoint:  {trainer.last_good_checkpoint}")
-    lines.append(f"  results:     {os.path.join(out, 'inference', 'coco_instances_results.json')}")
+    for name in cfg.DATASETS.TEST:
+        lines.append(f"  results:     {os.path.join(inference_dir(cfg, name), RESULTS_FILE)}")
     lines.append(f"  metrics:     {os.path.join(out, 'metrics.json')} (TensorBoard: tensorboard --logdir {out})")
     lines.append(f"  config:      {os.path.join(out, 'config.yaml')}")
     print("\n".join(lines), flush=True)

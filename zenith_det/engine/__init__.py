@@ -1,6 +1,6 @@
 """Training engine: a small hook-based trainer in detectron2's style."""
 from .checkpoint import AtomicCheckpointer
-from .defaults import Trainer, build_model_for_evaluation, default_setup, evaluate, resolve_device
+from .defaults import Trainer, build_model_for_evaluation, default_setup, evaluate, inference_dir, resolve_device
 from .events import EventStorage, get_event_storage
 from .hooks import (
     EvalHook,

@@ -19,7 +19,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import CfgNode
-from ..data import build_detection_test_loader, build_detection_train_loader, metadata_from_cfg
+from ..data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_dataset_metadata,
+    get_detection_dataset,
+    metadata_from_cfg,
+)
 from ..errors import UserError
 from ..evaluation import build_coco_evaluator, inference_on_dataset
 from ..modeling import build_model
@@ -123,6 +129,12 @@ def _set_random_seed(cfg: CfgNode) -> None:
         cfg.freeze()
 
 
+def inference_dir(cfg: CfgNode, dataset_name: str) -> str:
+    """Where the evaluation of `dataset_name` writes its results: OUTPUT_DIR/inference,
+    with one subfolder per dataset when DATASETS.TEST names several."""
+    return os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name if len(cfg.DATASETS.TEST) > 1 else "")
+
+
 def evaluate(cfg: CfgNode, model: torch.nn.Module) -> "OrderedDict[str, dict]":
     """COCO metrics of `model` on each of DATASETS.TEST: {dataset: {"bbox": {...}, ...}}.
 
@@ -131,9 +143,7 @@ def evaluate(cfg: CfgNode, model: torch.nn.Module) -> "OrderedDict[str, dict]":
     """
     results = OrderedDict()
     for name in cfg.DATASETS.TEST:
-        from ..data import get_dataset_metadata
-
-        out_dir = os.path.join(cfg.OUTPUT_DIR, "inference", name if len(cfg.DATASETS.TEST) > 1 else "")
+        out_dir = inference_dir(cfg, name)
         evaluator = build_coco_evaluator(cfg, get_dataset_metadata(name, cfg), output_dir=out_dir)
         results[name] = inference_on_dataset(model, build_detection_test_loader(cfg, name), evaluator)
     if len(results) == 1:
@@ -287,6 +297,7 @@ class Trainer(SimpleTrainer):
             path = os.path.join(self.cfg.OUTPUT_DIR, "config.yaml")
             atomic_write_text(self.cfg.dump(), path)
             logger.info("Full config saved to %s (SEED=%d)", path, self.cfg.SEED)
+        self._size_evaluation_for_budget()
         installed_here = not self.signals.installed
         self.signals.install()
         try:
@@ -295,6 +306,16 @@ class Trainer(SimpleTrainer):
             if installed_here:
                 self.signals.uninstall()
         return getattr(self._eval_hook(), "latest_results", None)
+
+    def _size_evaluation_for_budget(self) -> None:
+        """Tell the clock how big the final evaluation is, so the budget keeps time for it
+        even before the first evaluation has been measured."""
+        if not self.cfg.DATASETS.TEST or self.clock.max_seconds <= 0:
+            return
+        world = comm.get_world_size()
+        images = sum(len(get_detection_dataset(name, self.cfg, is_train=False)) for name in self.cfg.DATASETS.TEST)
+        self.clock.eval_images = -(-images // world)  # per process
+        self.clock.train_images_per_step = max(self.cfg.SOLVER.IMS_PER_BATCH // world, 1)
 
     def _eval_hook(self):
         return next((h for h in self.hooks if isinstance(h, hooks.EvalHook)), None)
