@@ -15,8 +15,11 @@ setup(
     packages=find_packages(include=["zenith_det", "zenith_det.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
+        # 2.4: CPU fused SGD/AdamW (the SGD and ADAMW optimizers) and torch.amp.GradScaler(device).
+        # Private torch APIs sit behind capability checks with public fallbacks
+        # (zenith_det/utils/torch_internals.py). Tested up to 2.14; torchvision pairs 0.19 <-> 2.4.
+        "torch>=2.4,<2.15",
+        "torchvision>=0.19,<0.30",
         "pycocotools>=2.0.7",
         "fvcore>=0.1.5.post20221221",
         "tensorboard>=2.14",

@@ -6,6 +6,25 @@ import pytest
 import torch
 
 from zenith_det import Zenith, ZenithScheduler
+from zenith_det.utils import torch_internals
+
+
+@pytest.fixture(params=["fused", "public"])
+def sgd_path(request, monkeypatch):
+    """Run a test on both update paths: torch's fused SGD kernel, and the public fallback
+    Zenith uses where torch has none (the kernel then must not be called at all)."""
+    if request.param == "fused":
+        if not torch_internals.has_fused_sgd("cpu"):
+            pytest.skip(f"torch {torch.__version__} has no fused SGD kernel with a tensor lr on CPU")
+        yield "fused"
+        return
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("torch._fused_sgd_ called on the public path")
+
+    monkeypatch.setattr(torch, "_fused_sgd_", no_kernel)
+    with torch_internals.force_public("fused_sgd"):
+        yield "public"
 
 
 class ReferenceZenith:
@@ -66,7 +85,7 @@ def _grad_scale(t):
     return 1.0 + 0.8 * math.sin(t / 9.0) + t / 200.0
 
 
-def test_matches_reference_over_start_and_wraparound():
+def test_matches_reference_over_start_and_wraparound(sgd_path):
     window = 7
     init = _make_params(0)
     params = [[p.clone().requires_grad_(True) for p in group] for group in init]
@@ -137,7 +156,7 @@ def test_group_lr_ratios_preserved_and_outer_scheduler_composes():
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
-def test_nonfinite_gradient_skips_the_whole_step(bad):
+def test_nonfinite_gradient_skips_the_whole_step(bad, sgd_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     opt = Zenith(model.parameters(), lr=0.1, window=4)
@@ -231,7 +250,7 @@ def _host_syncs_forbidden():
             setattr(torch.Tensor, n, f)
 
 
-def test_step_makes_no_host_sync():
+def test_step_makes_no_host_sync(sgd_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     opt = Zenith(
@@ -254,6 +273,103 @@ def test_step_makes_no_host_sync():
             torch.ones(1).item()
 
 
+# -- the public update: where torch has no fused SGD kernel for the device type --
+
+
+def _grouped_params(seed):
+    return [[p.requires_grad_(True) for p in group] for group in _make_params(seed)]
+
+
+def _set_grads(param_groups, t, gen):
+    """The same random grads (some missing, some steps inf) on every model in `param_groups`."""
+    for groups in zip(*param_groups):
+        for i, params in enumerate(zip(*groups)):
+            g = None if (t + i) % 7 == 3 else torch.randn(params[0].shape, generator=gen) * _grad_scale(t)
+            for p in params:
+                p.grad = None if g is None else g.clone()
+
+
+def test_public_update_equals_torch_sgd_with_each_steps_lr():
+    """lr_t changes every step; torch.optim.SGD given that lr must take the same step
+    (weight decay, momentum, dampening with SGD's first step, nesterov, momentum 0)."""
+    zen_params, sgd_params = _grouped_params(0), _grouped_params(0)
+    with torch_internals.force_public("fused_sgd"):
+        zen = Zenith([dict(params=g, **s) for g, s in zip(zen_params, GROUP_SETTINGS)], lr=1.0, window=5)
+    sgd = torch.optim.SGD([dict(params=g, **s) for g, s in zip(sgd_params, GROUP_SETTINGS)], lr=1.0)
+    gen = torch.Generator().manual_seed(3)
+    mults = []
+    for t in range(40):
+        _set_grads([zen_params, sgd_params], t, gen)
+        with torch_internals.force_public("fused_sgd"), _host_syncs_forbidden():
+            zen.step()
+        mults.append(zen.multiplier().item())
+        for group, settings in zip(sgd.param_groups, GROUP_SETTINGS):
+            group["lr"] = settings["lr"] * mults[-1]
+        sgd.step()
+        for gz, gs in zip(zen_params, sgd_params):
+            for pz, ps in zip(gz, gs):
+                torch.testing.assert_close(pz.detach(), ps.detach())
+                bz, bs = zen.state[pz].get("momentum_buffer"), sgd.state[ps].get("momentum_buffer")
+                if bs is not None:
+                    torch.testing.assert_close(bz, bs)
+    assert min(mults) < 0.8  # the learning rate really moved
+
+
+def test_public_update_equals_the_fused_kernel_including_a_skipped_step():
+    if not torch_internals.has_fused_sgd("cpu"):
+        pytest.skip(f"torch {torch.__version__} has no fused SGD kernel with a tensor lr on CPU")
+    fused_params, public_params = _grouped_params(1), _grouped_params(1)
+    make = lambda params: Zenith([dict(params=g, **s) for g, s in zip(params, GROUP_SETTINGS)], lr=1.0, window=4)
+    fused, public = make(fused_params), make(public_params)
+    gen = torch.Generator().manual_seed(4)
+    for t in range(25):
+        _set_grads([fused_params, public_params], t, gen)
+        if t in (0, 12):  # non-finite on the very first step (dampening's first step) and later
+            fused_params[1][0].grad[0, 0] = public_params[1][0].grad[0, 0] = float("nan")
+        before = [p.detach().clone() for group in public_params for p in group]
+        fused.step()
+        with torch_internals.force_public("fused_sgd"), _host_syncs_forbidden():
+            public.step()
+        after = [p.detach() for group in public_params for p in group]
+        if t in (0, 12):
+            assert all(torch.equal(a, b) for a, b in zip(after, before))
+        for gf, gp in zip(fused_params, public_params):
+            for pf, pp in zip(gf, gp):
+                torch.testing.assert_close(pp.detach(), pf.detach())
+                bf = fused.state[pf].get("momentum_buffer")
+                if bf is not None:
+                    torch.testing.assert_close(public.state[pp]["momentum_buffer"], bf)
+    hf, hp = fused.state_dict()["zenith_history"], public.state_dict()["zenith_history"]
+    for key in ("norms", "count", "zenith", "mult", "skipped"):
+        torch.testing.assert_close(hp[key], hf[key])
+    assert public.skipped_steps().item() == 2
+
+
+def test_grad_scaler_without_the_amp_protocol_unscales_and_skips_itself():
+    """A torch whose GradScaler does not hand grad_scale/found_inf to step(): Zenith does not
+    declare it, GradScaler unscales (and skips inf steps) itself, and ZENITH's rule is unchanged."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    with torch_internals.force_public("amp_scaling_protocol"):
+        opt = Zenith(model.parameters(), lr=0.1, window=10)
+    assert not getattr(opt, "_step_supports_amp_scaling", False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randn(8, 4)
+    opt.zero_grad()
+    scaler.scale(model(x).pow(2).mean()).backward()
+    expected = torch.linalg.vector_norm(torch.cat([p.grad.flatten() / 1024.0 for p in model.parameters()]))
+    scaler.step(opt)
+    scaler.update()
+    assert opt.last_grad_norm().item() == pytest.approx(expected.item(), rel=1e-5)
+    weights = model.weight.detach().clone()
+    opt.zero_grad()
+    scaler.scale(model(x).pow(2).mean() * float("inf")).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(model.weight.detach(), weights)
+    assert opt.state_dict()["zenith_history"]["count"].item() == 1
+
+
 def test_converges_on_logistic_regression():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(512, 10, generator=gen)
@@ -271,7 +387,7 @@ def test_converges_on_logistic_regression():
     assert loss.item() < 0.25 * first
 
 
-def test_bf16_norm_accumulates_in_float32():
+def test_bf16_norm_accumulates_in_float32(sgd_path):
     p = torch.zeros(4096, dtype=torch.bfloat16, requires_grad=True)
     p.grad = torch.full((4096,), 0.01, dtype=torch.bfloat16)
     opt = Zenith([p], lr=0.1, window=2)
@@ -281,19 +397,26 @@ def test_bf16_norm_accumulates_in_float32():
     assert opt.last_grad_norm().item() == pytest.approx(exact, rel=1e-6)
 
 
-def test_grad_scaler_norm_is_unscaled_and_inf_steps_do_not_enter_the_window():
+def test_grad_scaler_norm_is_unscaled_and_inf_steps_do_not_enter_the_window(sgd_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     opt = Zenith(model.parameters(), lr=0.1, window=10)
+    assert opt._step_supports_amp_scaling  # this torch hands grad_scale/found_inf to step()
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     x = torch.randn(8, 4)
     opt.zero_grad()
     scaler.scale(model(x).pow(2).mean()).backward()
-    expected = torch.linalg.vector_norm(torch.cat([p.grad.flatten() / 1024.0 for p in model.parameters()]))
+    unscaled = [p.grad / 1024.0 for p in model.parameters()]
+    expected = torch.linalg.vector_norm(torch.cat([g.flatten() for g in unscaled]))
+    before = [p.detach().clone() for p in model.parameters()]
     with _host_syncs_forbidden():
         scaler.step(opt)
     scaler.update()
     assert opt.last_grad_norm().item() == pytest.approx(expected.item(), rel=1e-5)
+    # The update used the unscaled grads, and left them unscaled (as GradScaler.unscale_ does).
+    for p, g, b in zip(model.parameters(), unscaled, before):
+        torch.testing.assert_close(p.grad, g)
+        torch.testing.assert_close(p.detach(), b - 0.1 * g)
     count = opt.state_dict()["zenith_history"]["count"].item()
     weights = model.weight.detach().clone()
     opt.zero_grad()

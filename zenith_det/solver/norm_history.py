@@ -10,14 +10,17 @@ from typing import Dict, Iterable, List
 
 import torch
 
+from ..utils import torch_internals
+
 logger = logging.getLogger(__name__)
 
 
 def global_grad_norm(grads: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
     """L2 norm over all `grads` as a float32 0-dim tensor on `device`, with no host sync.
 
-    Per-tensor norms are accumulated in float32 (`_foreach_norm(dtype=float32)`),
-    so bf16/fp16 gradients lose no precision to the reduction itself.
+    Per-tensor norms are accumulated in float32 (`_foreach_norm(dtype=float32)`,
+    or `vector_norm(dtype=float32)` where torch lacks it), so bf16/fp16 gradients
+    lose no precision to the reduction itself.
     """
     by_device: Dict[torch.device, List[torch.Tensor]] = defaultdict(list)
     for g in grads:
@@ -30,9 +33,9 @@ def global_grad_norm(grads: Iterable[torch.Tensor], device: torch.device) -> tor
         low = [g for g in dev_grads if g.dtype not in (torch.float32, torch.float64)]
         # dtype= takes foreach_norm off its fused CUDA path, so ask for it only where needed.
         if full:
-            norms.extend(n.float() for n in torch._foreach_norm(full, 2.0))
+            norms.extend(n.float() for n in torch_internals.foreach_norm(full))
         if low:
-            norms.extend(torch._foreach_norm(low, 2.0, dtype=torch.float32))
+            norms.extend(torch_internals.foreach_norm(low, dtype=torch.float32))
     if len(by_device) > 1:
         norms = [n.to(device, non_blocking=True) for n in norms]
     return torch.linalg.vector_norm(torch.stack(norms))

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
+from ..utils import torch_internals
 from .norm_history import NormHistory, unscaled_step_norm
 
 __all__ = ["Zenith"]
@@ -37,6 +37,10 @@ class Zenith(Optimizer):
     No per-parameter state beyond SGD's momentum buffer, only O(W) scalars, and no
     host-device synchronization: the window, Z and the learning rate stay on the
     device, and the update is ``torch._fused_sgd_`` with a tensor learning rate.
+    Where torch has no such kernel (a device type without fused kernels, an older
+    torch; see ``zenith_det.utils.torch_internals``) the same update runs with
+    public per-tensor ops, the skip and the unscaling as masks: same result, still
+    no sync, more kernel launches.
 
     Non-finite gradients: if g_t is inf or nan the whole step is skipped on the
     device (parameters, momentum, window and Z unchanged) and ``skipped_steps()``
@@ -44,8 +48,8 @@ class Zenith(Optimizer):
 
     AMP: with ``torch.amp.GradScaler`` the norm is that of the *unscaled*
     gradients. ``scaler.step(opt)`` hands the scale and its inf flag to this
-    optimizer (``_step_supports_amp_scaling``), which unscales inside the fused
-    kernel and skips inf steps without a sync, so the window only counts steps
+    optimizer (``_step_supports_amp_scaling``), which unscales inside the update
+    and skips inf steps without a sync, so the window only counts steps
     actually taken. If you call ``scaler.unscale_(opt)`` first (to clip, say), the
     norm is taken after the clipping: it is always the norm of the gradients as the
     update uses them.
@@ -85,8 +89,9 @@ class Zenith(Optimizer):
         super().__init__(params, defaults)
         self.window = window
         self._history: Optional[NormHistory] = None
-        # Lets GradScaler pass grad_scale/found_inf instead of unscaling with a sync.
-        self._step_supports_amp_scaling = True
+        # Lets GradScaler pass grad_scale/found_inf instead of unscaling with a sync
+        # (`_step_supports_amp_scaling`, where this torch honours it).
+        torch_internals.declare_amp_scaling(self)
 
     # -- introspection (0-dim tensors: read them when logging, not every step) --
     def multiplier(self) -> torch.Tensor:
@@ -136,21 +141,20 @@ class Zenith(Optimizer):
             return loss
 
         history = self._get_history()
-        grad_scale: Optional[torch.Tensor] = getattr(self, "grad_scale", None)
-        found_inf: Optional[torch.Tensor] = getattr(self, "found_inf", None)
+        grad_scale, found_inf = torch_internals.amp_step_args(self)
         mult = history.update(unscaled_step_norm(all_grads, history.device, grad_scale, found_inf))
         skip = history.skip_flag
 
         for group, params in zip(self.param_groups, params_per_group):
             if params:
-                self._fused_group_step(group, params, mult, skip, grad_scale)
+                self._group_step(group, params, mult, skip, grad_scale)
         return loss
 
-    def _fused_group_step(self, group, params, mult, skip, grad_scale):
+    def _group_step(self, group, params, mult, skip, grad_scale):
         momentum = group["momentum"]
         lr = mult * group["lr"]
         if momentum == 0:
-            self._fused_sgd(group, params, [], lr, skip, grad_scale, first_step=False)
+            self._sgd(group, params, [], lr, skip, grad_scale, first_step=False)
             return
         fresh, seen = [], []
         for p in params:
@@ -166,28 +170,26 @@ class Zenith(Optimizer):
         for subset, first_step in ((seen, False), (fresh, True)):
             if subset:
                 bufs = [self.state[p]["momentum_buffer"] for p in subset]
-                self._fused_sgd(group, subset, bufs, lr, skip, grad_scale, first_step)
+                self._sgd(group, subset, bufs, lr, skip, grad_scale, first_step)
 
     @staticmethod
-    def _fused_sgd(group, params, bufs, lr, skip, grad_scale, first_step):
+    def _sgd(group, params, bufs, lr, skip, grad_scale, first_step):
+        """SGD's step with lr_t on `params`: fused per (device, dtype) where torch can, else public ops."""
         grads = [p.grad for p in params]
-        grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, bufs or [None] * len(params)])
-        for (device, _), ((dev_params, dev_grads, dev_bufs), _) in grouped.items():
-            if device.type not in _get_fused_kernels_supported_devices():
-                raise RuntimeError(f"Zenith needs a device with fused SGD kernels; got {device.type}")
-            torch._fused_sgd_(
+        grouped = torch_internals.group_tensors_by_device_and_dtype([params, grads, bufs or [None] * len(params)])
+        for dev_params, dev_grads, dev_bufs in grouped.values():
+            torch_internals.fused_sgd_(
                 dev_params,
                 dev_grads,
                 dev_bufs if bufs else [],
                 weight_decay=group["weight_decay"],
                 momentum=group["momentum"],
-                lr=lr.to(device, non_blocking=True),
+                lr=lr,
                 dampening=group["dampening"],
                 nesterov=group["nesterov"],
-                maximize=False,
                 is_first_step=first_step,
-                grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
-                found_inf=skip.to(device, non_blocking=True),
+                grad_scale=grad_scale,
+                found_inf=skip,
             )
 
     # -- state --

@@ -3,6 +3,7 @@ from typing import List, Optional
 
 import torch
 
+from ..utils import torch_internals
 from .norm_history import NormHistory, unscaled_step_norm
 
 __all__ = ["ZenithScheduler"]
@@ -64,9 +65,7 @@ class ZenithScheduler:
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return
-        norm = unscaled_step_norm(
-            grads, self.history.device, getattr(optimizer, "grad_scale", None), getattr(optimizer, "found_inf", None)
-        )
+        norm = unscaled_step_norm(grads, self.history.device, *torch_internals.amp_step_args(optimizer))
         mult = self.history.update(norm)
         scale = mult.clone() if self._tensor_lr else mult.item()
         self._base_lrs = [g["lr"] for g in optimizer.param_groups]
