@@ -1,5 +1,6 @@
-"""The comparison baselines in OPTIMIZER_REGISTRY: each trains in our trainer; the special
-calls (ALI-G's closure, schedule-free's train()/eval()) happen; a missing package says what to install."""
+"""Every OPTIMIZER_REGISTRY entry through its OptimizerSpec: each builds and trains; what the spec
+says holds (ALI-G's closure, schedule-free's train()/eval(), default schedule, effective lr); the
+baselines train in our Trainer; a missing package says what to install; a plain function still registers."""
 import importlib
 import importlib.metadata
 import json
@@ -14,31 +15,56 @@ import torch
 from zenith_det.engine import Trainer, default_setup
 from zenith_det.engine.train_loop import SimpleTrainer
 from zenith_det.errors import UserError
-from zenith_det.solver import OPTIMIZER_REGISTRY, build_lr_scheduler, effective_lr
-from zenith_det.solver import baselines
+from zenith_det.config import get_cfg
+from zenith_det.solver import (
+    OPTIMIZER_REGISTRY,
+    OptimizerSpec,
+    build_lr_scheduler,
+    build_optimizer,
+    lr_schedule_name,
+    optimizer_spec,
+    register_optimizer,
+)
 
-# key -> (module to importorskip, BASE_LR the comparison uses)
-BASELINES = {
-    "DADAPT_SGD": ("pytorch_optimizer", 1.0),
-    "PRODIGY": ("pytorch_optimizer", 1.0),
-    "ALIG": ("pytorch_optimizer", 0.1),
-    "SCHEDULEFREE_SGD": ("schedulefree", 0.2),
-    "SCHEDULEFREE_SGD_PO": ("pytorch_optimizer", 0.2),
-    "DOG": ("dog", 1.0),
-    "LDOG": ("dog", 1.0),
-    "DOWG": ("dowgopt", 0.02),
-    "COCOB": ("parameterfree", 0.02),
-}
+BUILTIN = ("SGD", "ZENITH", "ADAMW", "ADAMW_ZENITH")
+BASELINES = ("DADAPT_SGD", "PRODIGY", "ALIG", "SCHEDULEFREE_SGD", "SCHEDULEFREE_SGD_PO", "DOG", "LDOG", "DOWG", "COCOB")
+CONFIG_BASE_LR = 0.02  # the synthetic configs' (and get_cfg's) BASE_LR
 
 
-def _need(module):
-    if module == "dowgopt":
-        try:
-            importlib.metadata.distribution("dowgopt")
-        except importlib.metadata.PackageNotFoundError:
-            pytest.skip("dowgopt is not installed")
-    else:
-        pytest.importorskip(module)
+def _need(key):
+    """Skip where the spec's package is not installed."""
+    try:
+        optimizer_spec(key).require()
+    except UserError as e:
+        pytest.skip(str(e))
+
+
+class ToyDetector(torch.nn.Module):
+    """The detectors' interface, (images, targets) -> dict of losses, on conv + BatchNorm + linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, images, targets):
+        feat = self.bn(self.conv(torch.stack(images))).relu().mean((2, 3))
+        pred = self.head(feat).squeeze(1)
+        return {"loss_toy": ((pred - torch.stack([t["y"] for t in targets])) ** 2).mean()}
+
+
+def toy_batches(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        yield [torch.randn(3, 8, 8, generator=g) for _ in range(2)], [{"y": torch.randn((), generator=g)} for _ in range(2)]
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Registrations made in a test are gone after it."""
+    monkeypatch.setattr(OPTIMIZER_REGISTRY, "_obj_map", dict(OPTIMIZER_REGISTRY._obj_map))
+    return OPTIMIZER_REGISTRY
 
 
 def _cfg(tiny_cfg, key, base_lr, **extra):
@@ -67,16 +93,105 @@ def _train(cfg, resume=False):
 
 
 def test_every_optimizer_in_the_registry_is_covered():
-    listed = set(BASELINES) | {"SGD", "ZENITH", "ADAMW", "ADAMW_ZENITH"}
-    assert {k for k, _ in OPTIMIZER_REGISTRY} == listed
+    assert {k for k, _ in OPTIMIZER_REGISTRY} == set(BUILTIN) | set(BASELINES)
+    for key, spec in OPTIMIZER_REGISTRY:
+        assert isinstance(spec, OptimizerSpec) and spec.name == key and spec.description
+        assert optimizer_spec(key.lower()) is spec
+
+
+@pytest.mark.parametrize("key", sorted(k for k, _ in OPTIMIZER_REGISTRY))
+def test_each_spec_builds_trains_and_reads_its_step_size(key):
+    """Spec-driven: every registered optimizer, at its preset BASE_LR, trains 3 steps in
+    SimpleTrainer given its spec; the spec's facts match what the trainer does."""
+    spec = optimizer_spec(key)
+    _need(key)
+    cfg = get_cfg()
+    cfg.SOLVER.OPTIMIZER = key
+    cfg.SOLVER.BASE_LR = spec.preset_base_lr(CONFIG_BASE_LR)
+    cfg.SOLVER.ZENITH.WINDOW = 2
+    model = ToyDetector()
+    opt = build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert spec.lr_schedule == lr_schedule_name(cfg)
+    assert spec.has_eval_weights == (callable(getattr(opt, "train", None)) and callable(getattr(opt, "eval", None)))
+    closures = []
+    # a step pre-hook sees step's arguments (torch passes the optimizer itself among them)
+    opt.register_step_pre_hook(lambda o, args, kwargs: closures.append(
+        any(callable(a) and a is not o for a in args) or kwargs.get("closure") is not None))
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = SimpleTrainer(model, toy_batches(3), opt, spec=spec)
+    assert trainer.optimizer_spec is spec
+    trainer.train(0, 3)
+    assert trainer.iter == 3 and closures == [spec.needs_loss_closure] * 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(before, model.parameters()))
+    lr = spec.effective_lr(opt)
+    if spec.read_effective_lr is None:  # documented: no single step size (COCOB)
+        assert lr is None
+    else:
+        assert lr is not None and lr > 0 and math.isfinite(lr), lr
+    if spec.has_eval_weights:
+        assert opt.param_groups[0]["train_mode"] is True
+        trainer.use_eval_weights()
+        assert opt.param_groups[0]["train_mode"] is False
+
+
+def test_a_plain_function_registers_as_a_spec_with_the_defaults(scratch_registry):
+    @OPTIMIZER_REGISTRY.register()
+    def MY_SGD(cfg, params):
+        """Plain SGD, registered as the README shows."""
+        return torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
+
+    assert not isinstance(MY_SGD, OptimizerSpec)  # the decorator hands the function back
+    spec = optimizer_spec("my_sgd")
+    assert spec.name == "MY_SGD" and spec.builder is MY_SGD and spec.description == "Plain SGD, registered as the README shows."
+    assert (spec.lr_schedule, spec.needs_loss_closure, spec.has_eval_weights, spec.has_lr) == (
+        "WarmupMultiStepLR", False, False, True)
+    assert (spec.preset_lr, spec.package, spec.preset_base_lr(0.3)) == (None, None, 0.3)
+    cfg = get_cfg()
+    cfg.SOLVER.OPTIMIZER = "MY_SGD"
+    model = ToyDetector()
+    opt = build_optimizer(cfg, model)
+    assert type(opt) is torch.optim.SGD
+    assert type(OPTIMIZER_REGISTRY.get("MY_SGD")(cfg, list(torch.nn.Linear(1, 1).parameters()))) is torch.optim.SGD
+    trainer = SimpleTrainer(model, toy_batches(2), opt)  # a plain optimizer, no spec: plain step()
+    assert not trainer.optimizer_spec.needs_loss_closure and not trainer.optimizer_spec.has_eval_weights
+    trainer.train(0, 2)
+    assert spec.effective_lr(opt) == pytest.approx(cfg.SOLVER.BASE_LR)
+    with pytest.raises(AssertionError, match="already registered"):
+        OPTIMIZER_REGISTRY.register()(MY_SGD)
+
+
+def test_a_spec_registers_with_its_facts(scratch_registry):
+    def builder(cfg, params):
+        return torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR)
+
+    OPTIMIZER_REGISTRY.register(OptimizerSpec("MY_CONST_SGD", builder, lr_schedule="WarmupConstantLR", preset_lr=0.5))
+
+    @register_optimizer(package="surely-not-installed-zd", module="surely_not_installed_zd", extra="baselines")
+    def MY_MISSING(cfg, params):
+        """Needs a package."""
+        raise AssertionError("not reached: the package check comes first")
+
+    cfg = get_cfg()
+    cfg.SOLVER.OPTIMIZER = "my_const_sgd"
+    assert lr_schedule_name(cfg) == "WarmupConstantLR" and optimizer_spec(cfg).preset_base_lr(0.02) == 0.5
+    assert isinstance(build_optimizer(cfg, torch.nn.Linear(2, 1)), torch.optim.SGD)
+    cfg.SOLVER.OPTIMIZER = "MY_MISSING"
+    with pytest.raises(UserError, match=r"SOLVER.OPTIMIZER MY_MISSING needs the package 'surely-not-installed-zd'.*"
+                                        r"pip install surely-not-installed-zd"):
+        build_optimizer(cfg, torch.nn.Linear(2, 1))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        OptimizerSpec("BAD", builder, lr_schedule="WarmupLinearLR")
 
 
 @pytest.mark.parametrize("key", sorted(BASELINES))
 def test_baseline_trains_in_our_trainer(tiny_cfg, key):
-    module, base_lr = BASELINES[key]
-    _need(module)
-    cfg = _cfg(tiny_cfg, key, base_lr)
+    _need(key)
+    spec = optimizer_spec(key)
+    cfg = _cfg(tiny_cfg, key, spec.preset_base_lr(CONFIG_BASE_LR))
     trainer = _train(cfg)
+    assert trainer.optimizer_spec is spec  # Trainer looks it up from SOLVER.OPTIMIZER
     assert trainer.iter == 4 and trainer.stop_reason is None
     for name, value in trainer.model.state_dict().items():
         if value.is_floating_point():
@@ -86,8 +201,8 @@ def test_baseline_trains_in_our_trainer(tiny_cfg, key):
     norms = [r["grad_norm"] for r in records if "grad_norm" in r]
     assert norms and all(n > 0 and math.isfinite(n) for n in norms)
     assert open(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")).read() == "model_final.pth"
-    lr = effective_lr(trainer.optimizer)
-    if key == "COCOB":
+    lr = spec.effective_lr(trainer.optimizer)
+    if spec.read_effective_lr is None:
         assert lr is None
     else:
         assert lr is not None and lr > 0 and math.isfinite(lr)
@@ -108,18 +223,16 @@ def test_automatic_methods_default_to_a_constant_schedule(tiny_cfg):
         sched.step()
     assert lrs[0] < 1.0 and lrs[10:] == [1.0] * 90
     for key in BASELINES:
-        assert baselines.DEFAULT_LR_SCHEDULER[key] == "WarmupConstantLR"
+        assert optimizer_spec(key).lr_schedule == "WarmupConstantLR"
 
 
 def test_alig_gets_the_loss_through_a_closure_and_its_cap_follows_the_schedule():
     pytest.importorskip("pytorch_optimizer")
-    from zenith_det.config import get_cfg
-
     cfg = get_cfg()
     cfg.SOLVER.BASE_LR = 0.5
     model = torch.nn.Linear(3, 1)
     opt = OPTIMIZER_REGISTRY.get("ALIG")(cfg, [{"params": list(model.parameters()), "lr": 0.5, "weight_decay": 0.0}])
-    assert opt.needs_loss_closure
+    assert optimizer_spec("ALIG").needs_loss_closure
     with pytest.raises(Exception, match="closure"):
         model(torch.ones(1, 3)).sum().backward()
         opt.step()
@@ -180,11 +293,9 @@ def test_schedulefree_evaluates_and_saves_the_averaged_weights_and_resumes(tiny_
 def test_loss_closure_is_refused_with_float16_grad_scaling():
     model = torch.nn.Linear(2, 1)
 
-    class NeedsLoss(torch.optim.SGD):
-        needs_loss_closure = True
-
-    with pytest.raises(UserError, match="SOLVER.AMP"):
-        SimpleTrainer(model, None, NeedsLoss(model.parameters(), lr=0.1), amp_dtype=torch.float16)
+    spec = OptimizerSpec("NEEDS_LOSS", lambda cfg, params: torch.optim.SGD(params, lr=0.1), needs_loss_closure=True)
+    with pytest.raises(UserError, match="SOLVER.OPTIMIZER NEEDS_LOSS .*SOLVER.AMP"):
+        SimpleTrainer(model, None, torch.optim.SGD(model.parameters(), lr=0.1), amp_dtype=torch.float16, spec=spec)
 
 
 @pytest.mark.parametrize(
@@ -193,8 +304,7 @@ def test_loss_closure_is_refused_with_float16_grad_scaling():
      ("DOG", "dog", "dog-optimizer"), ("COCOB", "parameterfree", "parameterfree")],
 )
 def test_missing_package_names_the_key_and_the_extra(monkeypatch, key, module, package):
-    from zenith_det.config import get_cfg
-
+    assert (optimizer_spec(key).package, optimizer_spec(key).module) == (package, module)
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
     with pytest.raises(UserError) as err:
         OPTIMIZER_REGISTRY.get(key)(get_cfg(), [{"params": [torch.nn.Parameter(torch.ones(1))]}])
@@ -203,8 +313,6 @@ def test_missing_package_names_the_key_and_the_extra(monkeypatch, key, module, p
 
 
 def test_dowg_missing_and_import_name_clash(monkeypatch):
-    from zenith_det.config import get_cfg
-
     params = [{"params": [torch.nn.Parameter(torch.ones(2))], "lr": 1.0, "weight_decay": 0.0}]
     try:
         importlib.metadata.distribution("dowgopt")
@@ -223,3 +331,20 @@ def test_dowg_missing_and_import_name_clash(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(UserError, match=r"SOLVER.OPTIMIZER DOWG .*pip install dowgopt"):
         OPTIMIZER_REGISTRY.get("DOWG")(get_cfg(), params)
+
+
+def test_compare_presets_come_from_the_specs():
+    """tools/compare.py's --optimizers presets repeat nothing: schedule and BASE_LR are the specs'."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "compare.py")
+    loader = importlib.util.spec_from_file_location("_tool_compare_for_specs", path)
+    compare = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(compare)
+    for key in BASELINES + ("ZENITH",):
+        spec = optimizer_spec(key)
+        optimizer, overrides = compare.OPTIMIZER_PRESETS[key]
+        assert optimizer == key and overrides["SOLVER.LR_SCHEDULER_NAME"] == spec.lr_schedule
+        lr = overrides.get("SOLVER.BASE_LR")
+        if isinstance(lr, str):  # "<k>x": k times the config's BASE_LR
+            lr = float(lr[:-1]) * CONFIG_BASE_LR
+        assert (lr if lr is not None else CONFIG_BASE_LR) == pytest.approx(spec.preset_base_lr(CONFIG_BASE_LR)) or not spec.has_lr
+    assert compare.NO_LR == {k for k, s in OPTIMIZER_REGISTRY if not s.has_lr} == {"DOWG", "COCOB"}

@@ -162,6 +162,14 @@ def test_gradient_clipping_wraps_zenith_and_unknown_names_are_user_errors():
         zd2.build_optimizer(d2_cfg("SOLVER.OPTIMIZER", "LION"), model)
 
 
+@pytest.mark.parametrize("key, need", [("ALIG", "closure"), ("SCHEDULEFREE_SGD", "train\\(\\)/eval\\(\\)")])
+def test_optimizers_detectron2_cannot_drive_are_refused(key, need):
+    """detectron2's trainers call step() only: ALI-G would get no loss, schedule-free would
+    evaluate and save its training point. Each is refused by its spec, in one line."""
+    with pytest.raises(UserError, match=rf"SOLVER.OPTIMIZER {key} needs .*{need}.*tools/train_net.py"):
+        zd2.build_optimizer(d2_cfg("SOLVER.OPTIMIZER", key), Toy())
+
+
 def test_adamw_zenith_history_travels_in_the_optimizer_state():
     cfg = d2_cfg("SOLVER.OPTIMIZER", "ADAMW_ZENITH", "SOLVER.ZENITH.WINDOW", "3")
     model = Toy()

@@ -9,7 +9,15 @@ from zenith_det import Zenith
 from zenith_det.config import get_cfg, load_config
 from zenith_det.errors import UserError
 from zenith_det.modeling import build_model
-from zenith_det.solver import OPTIMIZER_REGISTRY, build_lr_scheduler, build_optimizer
+from zenith_det.solver import (
+    OPTIMIZER_REGISTRY,
+    OptimizerSpec,
+    build_lr_scheduler,
+    build_optimizer,
+    lookup_optimizer,
+    lr_schedule_name,
+    optimizer_spec,
+)
 
 META = SimpleNamespace(num_classes=3, num_keypoints=5)
 
@@ -90,10 +98,33 @@ def test_param_groups_follow_detectron2_rules():
 
 def test_registry_and_unknown_optimizer():
     assert {"SGD", "ZENITH", "ADAMW"} <= {k for k, _ in OPTIMIZER_REGISTRY}
+    assert all(isinstance(spec, OptimizerSpec) for _, spec in OPTIMIZER_REGISTRY)
     model = torch.nn.Linear(2, 2)
     assert build_optimizer(small_cfg(**{"SOLVER.OPTIMIZER": "SGD"}), model).defaults["fused"] is True
+    # one lookup, by key (any case) or config; lookup_optimizer is the same
+    cfg = small_cfg(**{"SOLVER.OPTIMIZER": "zenith"})
+    assert optimizer_spec(cfg) is optimizer_spec("ZENITH") is lookup_optimizer(cfg) is OPTIMIZER_REGISTRY.get("ZENITH")
+    assert isinstance(optimizer_spec("zenith")(cfg, list(model.parameters())), Zenith)  # a spec builds when called
     with pytest.raises(UserError, match="SOLVER.OPTIMIZER.*ZENTIH"):
         build_optimizer(small_cfg(**{"SOLVER.OPTIMIZER": "ZENTIH"}), model)
+    with pytest.raises(UserError, match="SOLVER.OPTIMIZER.*ZENTIH.*choose one of .*ZENITH"):
+        optimizer_spec("ZENTIH")
+
+
+def test_builtin_specs():
+    """What the built-in entries' specs say: ZENITH is its own schedule, SGD/AdamW decay by steps;
+    none needs a closure or has eval weights; ZENITH's step size is lr x multiplier."""
+    assert optimizer_spec("ZENITH").lr_schedule == "WarmupConstantLR"
+    assert optimizer_spec("SGD").lr_schedule == optimizer_spec("ADAMW").lr_schedule == "WarmupMultiStepLR"
+    for key in ("SGD", "ZENITH", "ADAMW", "ADAMW_ZENITH"):
+        spec = optimizer_spec(key)
+        assert not spec.needs_loss_closure and not spec.has_eval_weights and spec.has_lr and spec.package is None
+        assert spec.preset_lr is None and spec.preset_base_lr(0.02) == 0.02  # the config's BASE_LR is meant
+    assert lr_schedule_name(small_cfg(**{"SOLVER.OPTIMIZER": "ZENITH", "SOLVER.LR_SCHEDULER_NAME": "WarmupCosineLR"})) == "WarmupCosineLR"
+    cfg = small_cfg(**{"SOLVER.OPTIMIZER": "ZENITH", "SOLVER.BASE_LR": "0.1"})
+    opt = build_optimizer(cfg, torch.nn.Linear(2, 2))
+    assert optimizer_spec("ZENITH").effective_lr(opt) == pytest.approx(0.1 * float(opt.multiplier()))
+    assert optimizer_spec("SGD").effective_lr(opt) == pytest.approx(0.1)
 
 
 def _lrs(cfg, n):

@@ -49,34 +49,41 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import plot_metrics  # noqa: E402  (tools/plot_metrics.py)
 from zenith_det import exit_codes  # noqa: E402
+from zenith_det.solver import OPTIMIZER_REGISTRY, lr_schedule_name, optimizer_spec  # noqa: E402
 from zenith_det.utils.fileio import atomic_write_json  # noqa: E402
 
 STATS = "compare_stats.json"
-# methods with no learning rate: their BASE_LR and schedule are ignored
-NO_LR = {"COCOB", "DOWG"}
+# methods with no learning rate (their spec's has_lr): their BASE_LR and schedule are ignored
+NO_LR = {name for name, spec in OPTIMIZER_REGISTRY if not spec.has_lr}
 FAILED = "compare_failed.json"
 # host syncs are counted in SYNC_STEPS optimizer steps from the run's SYNC_START-th step
 # (past the first steps, where several methods initialise state with a host read)
 SYNC_START, SYNC_STEPS = 10, 5
 SYNC_METHODS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy")
 
-# SOLVER.OPTIMIZER shorthand for --optimizers: key -> (optimizer, overrides). BASE_LR
-# is what each method's authors recommend (1.0 is the automatic methods' own scale);
-# SGD-based ones keep the config's BASE_LR. Schedule-free wants 10x SGD's lr.
+
+def _preset(key: str, **overrides):
+    """(SOLVER.OPTIMIZER, overrides) for --optimizers: the spec's default schedule and its
+    preset BASE_LR (what its authors recommend; "<k>x" for k x the config's BASE_LR; none
+    where the config's is meant), then `overrides`."""
+    spec = optimizer_spec(key)
+    ov = {"SOLVER.LR_SCHEDULER_NAME": spec.lr_schedule}
+    if spec.has_lr and spec.preset_lr is not None:
+        ov["SOLVER.BASE_LR"] = spec.preset_lr
+    elif spec.has_lr and spec.preset_lr_factor != 1.0:
+        ov["SOLVER.BASE_LR"] = f"{spec.preset_lr_factor:g}x"
+    return spec.name, {**ov, **overrides}
+
+
+# SOLVER.OPTIMIZER shorthand for --optimizers: key -> (optimizer, overrides), from the
+# optimizers' specs (zenith_det/solver/spec.py); the SGD variants name their schedule.
 OPTIMIZER_PRESETS = {
-    "ZENITH": ("ZENITH", {"SOLVER.LR_SCHEDULER_NAME": "WarmupConstantLR"}),
-    "SGD": ("SGD", {"SOLVER.LR_SCHEDULER_NAME": "WarmupConstantLR"}),
-    "SGD_MULTISTEP": ("SGD", {"SOLVER.LR_SCHEDULER_NAME": "WarmupMultiStepLR", "SOLVER.MAX_ITER": "auto"}),
-    "SGD_COSINE": ("SGD", {"SOLVER.LR_SCHEDULER_NAME": "WarmupCosineLR", "SOLVER.MAX_ITER": "auto"}),
-    "DADAPT_SGD": ("DADAPT_SGD", {"SOLVER.BASE_LR": 1.0}),
-    "PRODIGY": ("PRODIGY", {"SOLVER.BASE_LR": 1.0}),
-    "DOG": ("DOG", {"SOLVER.BASE_LR": 1.0}),
-    "LDOG": ("LDOG", {"SOLVER.BASE_LR": 1.0}),
-    "DOWG": ("DOWG", {}),
-    "COCOB": ("COCOB", {}),
-    "ALIG": ("ALIG", {"SOLVER.BASE_LR": 0.1}),
-    "SCHEDULEFREE_SGD": ("SCHEDULEFREE_SGD", {"SOLVER.BASE_LR": "10x"}),
-    "SCHEDULEFREE_SGD_PO": ("SCHEDULEFREE_SGD_PO", {"SOLVER.BASE_LR": "10x"}),
+    "ZENITH": _preset("ZENITH"),
+    "SGD": _preset("SGD", **{"SOLVER.LR_SCHEDULER_NAME": "WarmupConstantLR"}),
+    "SGD_MULTISTEP": _preset("SGD", **{"SOLVER.LR_SCHEDULER_NAME": "WarmupMultiStepLR", "SOLVER.MAX_ITER": "auto"}),
+    "SGD_COSINE": _preset("SGD", **{"SOLVER.LR_SCHEDULER_NAME": "WarmupCosineLR", "SOLVER.MAX_ITER": "auto"}),
+    **{key: _preset(key) for key in (
+        "DADAPT_SGD", "PRODIGY", "DOG", "LDOG", "DOWG", "COCOB", "ALIG", "SCHEDULEFREE_SGD", "SCHEDULEFREE_SGD_PO")},
 }
 
 
@@ -264,7 +271,6 @@ def peak_memory():
 
 def _probe_hook_class():
     from zenith_det.engine.train_loop import HookBase
-    from zenith_det.solver import effective_lr
 
     class CompareProbe(HookBase):
         """Logs wall_seconds (the budget clock, evaluations included) at each log period,
@@ -297,7 +303,7 @@ def _probe_hook_class():
             if (t.iter + 1) % self.log_period == 0:
                 t.storage.put_scalar("wall_seconds", clock.elapsed(), smoothing_hint=False)
             if (t.iter + 1) % self.log_period == 0:
-                lr = effective_lr(t.optimizer)
+                lr = t.optimizer_spec.effective_lr(t.optimizer)
                 if lr is not None and math.isfinite(lr):
                     t.storage.put_scalar("lr_effective", lr, smoothing_hint=False)
 
@@ -349,7 +355,8 @@ def run_child(config: str, opts: List[str], resume: bool) -> int:
         "error": error,
         "optimizer": cfg.SOLVER.OPTIMIZER,
         "optimizer_class": type(trainer.optimizer).__name__,
-        "schedule": cfg.SOLVER.LR_SCHEDULER_NAME,
+        "optimizer_description": trainer.optimizer_spec.description,
+        "schedule": lr_schedule_name(cfg),
         "base_lr": cfg.SOLVER.BASE_LR,
         "weight_decay": cfg.SOLVER.WEIGHT_DECAY,
         "window": cfg.SOLVER.ZENITH.WINDOW,
@@ -388,8 +395,9 @@ def _fmt_value(v) -> str:
 def resolve_overrides(variant: Variant, base_cfg, out: str, reference_iters: Optional[int]) -> List[str]:
     ov = OrderedDict(variant.overrides)
     ov["SOLVER.OPTIMIZER"] = variant.optimizer
-    if ov.get("SOLVER.BASE_LR") == "10x":
-        ov["SOLVER.BASE_LR"] = 10 * base_cfg.SOLVER.BASE_LR
+    lr = ov.get("SOLVER.BASE_LR")
+    if isinstance(lr, str) and lr.endswith("x"):  # a preset's multiple of the config's BASE_LR
+        ov["SOLVER.BASE_LR"] = float(lr[:-1]) * base_cfg.SOLVER.BASE_LR
     if ov.get("SOLVER.MAX_ITER") == "auto":
         if not reference_iters:
             raise RuntimeError(f"{variant.name}: MAX_ITER auto needs the reference run's iteration count first")

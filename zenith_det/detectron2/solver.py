@@ -1,4 +1,4 @@
-"""SOLVER.OPTIMIZER for detectron2: one registry (zenith_det.solver.OPTIMIZER_REGISTRY), two front ends.
+"""SOLVER.OPTIMIZER for detectron2: one registry of specs (zenith_det.solver.OPTIMIZER_REGISTRY), two front ends.
 
 detectron2 has no optimizer registry: ``DefaultTrainer.build_optimizer`` calls
 ``detectron2.solver.build_optimizer``, which always builds SGD. ``build_optimizer``
@@ -17,7 +17,8 @@ import detectron2.solver
 import detectron2.solver.build as d2_solver_build
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-from ..solver import lookup_optimizer, param_group_settings
+from ..errors import UserError
+from ..solver import optimizer_spec, param_group_settings
 
 __all__ = ["build_optimizer", "register", "unregister", "is_registered"]
 
@@ -39,15 +40,23 @@ def build_optimizer(cfg, model):
     """The optimizer SOLVER.OPTIMIZER names, over detectron2's parameter groups.
 
     A config without SOLVER.OPTIMIZER (add_zenith_config not called) gets SGD, as
-    detectron2 alone would.
+    detectron2 alone would. Optimizers whose spec needs what detectron2's trainers do
+    not do (a loss closure: ALI-G; train()/eval() switching: schedule-free) are refused
+    with a UserError: train them with tools/train_net.py.
     """
     if str(cfg.SOLVER.get("OPTIMIZER", "SGD")).upper() == "SGD":
         return _D2_BUILD_OPTIMIZER(cfg, model)
-    make = lookup_optimizer(cfg)
+    spec = optimizer_spec(cfg)  # the same lookup (and unknown-key error) as our own trainer's
+    if spec.needs_loss_closure or spec.has_eval_weights:
+        need = "the loss in step(closure)" if spec.needs_loss_closure else "train()/eval() around evaluation"
+        raise UserError(
+            f"SOLVER.OPTIMIZER {spec.name} needs {need}, which detectron2's trainers do not provide; "
+            "train it with tools/train_net.py"
+        )
     # detectron2's own group rules; weight decay per group, since registry entries
     # (ZENITH's, say) take it from the groups.
     params = get_default_optimizer_params(model, **param_group_settings(cfg))
-    return maybe_add_gradient_clipping(cfg, make(cfg, params))
+    return maybe_add_gradient_clipping(cfg, spec.build(cfg, params))
 
 
 def register():

@@ -29,7 +29,7 @@ from ..data import (
 from ..errors import UserError
 from ..evaluation import build_coco_evaluator, inference_on_dataset
 from ..modeling import build_model
-from ..solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
+from ..solver import build_gradient_clipper, build_lr_scheduler, build_optimizer, optimizer_spec
 from ..utils import comm
 from ..utils.budget import BudgetClock
 from ..utils.fileio import TEMP_PREFIX, atomic_write_text, remove_stale_temporaries
@@ -207,6 +207,7 @@ class Trainer(SimpleTrainer):
             grad_clipper=build_gradient_clipper(cfg),
             max_nonfinite=cfg.SOLVER.MAX_NONFINITE_STEPS,
             grad_norm_period=cfg.LOG_PERIOD,
+            spec=optimizer_spec(cfg),
         )
         self.clock = BudgetClock(cfg.SOLVER.MAX_TIME_HOURS * 3600, clock=clock)
         self.signals = preemption_signals()

@@ -14,7 +14,9 @@ from typing import List, Optional
 
 import torch
 
-from ..solver import unscaled_step_norm
+from ..errors import UserError
+from ..solver import optimizer_spec, unregistered_spec, unscaled_step_norm
+from ..utils.torch_internals import foreach_copy_, grad_scaler_scale
 from .events import EventStorage
 
 logger = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ class SimpleTrainer(TrainerBase):
 
     def __init__(
         self, model, data_loader, optimizer, *, amp_dtype=None, grad_clipper=None, max_nonfinite: int = 20,
-        grad_norm_period: int = 0,
+        grad_norm_period: int = 0, spec=None,
     ):
         super().__init__()
         self.model = model
@@ -157,16 +159,18 @@ class SimpleTrainer(TrainerBase):
         # it: after clipping, before the update) goes to the storage as "grad_norm", for
         # every optimizer; a tensor, read by the writer at its own period.
         self.grad_norm_period = grad_norm_period
-        # Optimizers that need more than step() (see zenith_det/solver/baselines.py):
-        # ALI-G wants the loss through a closure; schedule-free keeps evaluation weights
-        # apart from training weights and switches with train()/eval().
-        self._needs_loss = bool(getattr(optimizer, "needs_loss_closure", False))
-        self._switches_weights = callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
+        # What the optimizer needs beyond step() is in its spec (zenith_det/solver/spec.py):
+        # ALI-G wants the loss through a closure (needs_loss_closure); schedule-free keeps
+        # evaluation weights apart and switches with train()/eval() (has_eval_weights).
+        # `spec` is an OptimizerSpec or a SOLVER.OPTIMIZER key; without one, a plain
+        # optimizer gets the defaults (step() only).
+        spec = optimizer_spec(spec) if spec is not None else unregistered_spec(optimizer)
+        self.optimizer_spec = spec
+        self._needs_loss = spec.needs_loss_closure
+        self._switches_weights = spec.has_eval_weights
         if self._needs_loss and self.grad_scaler is not None:
-            from ..errors import UserError
-
             raise UserError(
-                f"SOLVER.OPTIMIZER: {type(optimizer).__name__} needs the loss in step(closure), which "
+                f"SOLVER.OPTIMIZER {spec.name} needs the loss in step(closure), which "
                 "torch.amp.GradScaler does not support; use SOLVER.AMP.DTYPE bfloat16 or turn SOLVER.AMP off"
             )
         self.max_nonfinite = max_nonfinite
@@ -207,7 +211,7 @@ class SimpleTrainer(TrainerBase):
         targets = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
 
         if self._norm_stats:
-            torch._foreach_copy_(self._norm_stats_backup, self._norm_stats)
+            foreach_copy_(self._norm_stats_backup, self._norm_stats)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             loss_dict = self.model(images, targets)
         losses = sum(loss_dict.values())
@@ -215,7 +219,7 @@ class SimpleTrainer(TrainerBase):
         # One host sync: deciding to skip needs the value, as detectron2's loss check does.
         if not torch.isfinite(losses).item():
             if self._norm_stats:
-                torch._foreach_copy_(self._norm_stats, self._norm_stats_backup)
+                foreach_copy_(self._norm_stats, self._norm_stats_backup)
             self._on_nonfinite(loss_dict)
             return
         self.nonfinite_in_a_row = 0
@@ -246,7 +250,7 @@ class SimpleTrainer(TrainerBase):
         if self.grad_norm_period <= 0 or (self.iter + 1) % self.grad_norm_period:
             return
         # AMP float16 without clipping: the grads still carry the loss scale.
-        scale = self.grad_scaler._scale if scaled else None
+        scale = grad_scaler_scale(self.grad_scaler) if scaled else None
         norm = unscaled_step_norm([p.grad for p in self._params()], self.device, grad_scale=scale)
         self.storage.put_scalar("grad_norm", norm, smoothing_hint=False)
 

@@ -1,104 +1,104 @@
-"""The optimizers ZENITH is compared with, as SOLVER.OPTIMIZER entries.
+"""The optimizers ZENITH is compared with, as SOLVER.OPTIMIZER entries (one `OptimizerSpec` each).
 
 Each comes from a maintained package, imported only when the entry is built, so
 the core install does not need them: ``pip install -e ".[baselines]"`` installs
 them all. A missing package stops the run with a `UserError` that names the key
-and the package.
+and the package (the spec's `package`).
 
-What SOLVER.BASE_LR means differs per method (each entry's docstring says it).
-For the "automatic" ones it is the method's own scale factor, 1.0 by the
-authors' recommendation; the schedule around it (SOLVER.LR_SCHEDULER_NAME) is a
-warmup followed by a constant by default (`DEFAULT_LR_SCHEDULER`), and it
-multiplies whatever the method reads from ``group["lr"]``.
+What SOLVER.BASE_LR means differs per method (each entry's docstring says it;
+the spec's `preset_lr` is what its authors recommend). For the "automatic" ones
+it is the method's own scale factor, 1.0 by the authors' recommendation; the
+schedule around it (SOLVER.LR_SCHEDULER_NAME) is a warmup followed by a constant
+by default (the spec's `lr_schedule`), and it multiplies whatever the method reads
+from ``group["lr"]``.
 
-Two protocols the trainer honours, for methods that need more than ``step()``:
+Two needs beyond ``step()`` are spec fields the trainer honours:
 
-* ``optimizer.needs_loss_closure = True``: ``step(closure)`` is called with a
-  closure that returns the (already computed) loss as a Python float (ALI-G).
-* ``optimizer.train()`` / ``optimizer.eval()`` (schedule-free): ``train()``
-  before each training step, ``eval()`` before evaluation and before saving a
-  checkpoint, so both see the averaged weights.
+* ``needs_loss_closure``: ``step(closure)`` is called with a closure that returns
+  the (already computed) loss as a Python float (ALI-G).
+* ``has_eval_weights`` (schedule-free): ``optimizer.train()`` before each training
+  step, ``optimizer.eval()`` before evaluation and before saving a checkpoint, so
+  both see the averaged weights.
 
-`effective_lr(optimizer)` reads the step size a method actually uses (D-Adapt's
-d, DoG's eta, ...) for logging, once per log period.
+Each spec's `read_effective_lr` reads the step size the method actually uses
+(D-Adapt's d, DoG's eta, ...); `OptimizerSpec.effective_lr(optimizer)` calls it for
+logging, once per log period.
 """
-import importlib
 import importlib.metadata
 import importlib.util
 import math
-from typing import Optional
 
 import torch
 
 from ..errors import UserError
-from .build import DEFAULT_LR_SCHEDULER, OPTIMIZER_REGISTRY, lr_multiplier_source
+from .spec import largest_group, register_optimizer, to_float
 
-EXTRA_HINT = 'pip install -e ".[baselines]"'
-
-# The automatic methods carry their own step size: after warmup, a constant schedule.
-DEFAULT_LR_SCHEDULER.update(
-    {
-        name: "WarmupConstantLR"
-        for name in (
-            "DADAPT_SGD",
-            "PRODIGY",
-            "ALIG",
-            "SCHEDULEFREE_SGD",
-            "SCHEDULEFREE_SGD_PO",
-            "DOG",
-            "LDOG",
-            "DOWG",
-            "COCOB",
-        )
-    }
-)
+EXTRA = "baselines"
 
 # DoG's authors: reps_rel 1e-6, but 1e-4 "if the model uses batch-normalization",
 # which the detection models here do.
 DOG_REPS_REL = 1e-4
 
-
-def _import(module: str, package: str, key: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise UserError(
-            f"SOLVER.OPTIMIZER {key} needs the package {package!r}, which is not installed "
-            f"({e}); install it with `pip install {package}` or `{EXTRA_HINT}`"
-        ) from e
+# The automatic methods carry their own step size: after warmup, a constant schedule.
+_AUTOMATIC = dict(lr_schedule="WarmupConstantLR", extra=EXTRA)
+_PYTORCH_OPTIMIZER = dict(package="pytorch-optimizer", module="pytorch_optimizer", **_AUTOMATIC)
+_DOG = dict(package="dog-optimizer", module="dog", preset_lr=1.0, **_AUTOMATIC)
 
 
-def _import_dowgopt(key: str):
-    """dowgopt's module is called `dowg`, a name an unrelated package also uses; load
-    dowgopt's own file, under a private name, so whichever `dowg` is importable does not matter."""
-    try:
-        dist = importlib.metadata.distribution("dowgopt")
-    except importlib.metadata.PackageNotFoundError as e:
-        raise UserError(
-            f"SOLVER.OPTIMIZER {key} needs the package 'dowgopt', which is not installed; "
-            f"install it with `pip install dowgopt` or `{EXTRA_HINT}`"
-        ) from e
-    files = [f for f in (dist.files or []) if str(f).replace("\\", "/").endswith("dowg/dowg.py")]
-    if not files:
-        raise UserError(f"SOLVER.OPTIMIZER {key}: the installed dowgopt has no dowg/dowg.py; reinstall it (`pip install -U dowgopt`)")
-    spec = importlib.util.spec_from_file_location("_zenith_det_dowgopt", str(dist.locate_file(files[0])))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# ---------------------------------------------------------------- effective step sizes
 
 
-@OPTIMIZER_REGISTRY.register()
+def _dadapt_sgd_lr(optimizer):
+    """D-Adapt SGD: d * lr / ||g_0|| (group 0 carries d; None before the first step)."""
+    g0 = optimizer.param_groups[0]
+    if not g0.get("g0_norm"):
+        return None
+    return g0["d"] * g0["lr"] / g0["g0_norm"]
+
+
+def _prodigy_lr(optimizer):
+    """Prodigy: d * lr."""
+    return optimizer.param_groups[0]["d"] * largest_group(optimizer)["lr"]
+
+
+def _dog_lr(optimizer):
+    """DoG: eta; LDoG: the median of its per-layer etas."""
+    eta = largest_group(optimizer).get("eta")
+    if not eta:
+        return None
+    return torch.stack([torch.as_tensor(e).float().reshape(()) for e in eta])
+
+
+def _alig_lr(optimizer):
+    """ALI-G: the capped Polyak step of the last step."""
+    return largest_group(optimizer).get("step_size")
+
+
+def _dowg_lr(optimizer):
+    """DoWG: r^2 / sqrt(v)."""
+    state = optimizer.state
+    if "rt2" not in state or "vt" not in state:
+        return None
+    vt = to_float(state["vt"])
+    return to_float(state["rt2"]) / (math.sqrt(vt) + largest_group(optimizer).get("eps", 1e-4))
+
+
+# ---------------------------------------------------------------- the entries
+
+
+@register_optimizer(preset_lr=1.0, read_effective_lr=_dadapt_sgd_lr, **_PYTORCH_OPTIMIZER)
 def DADAPT_SGD(cfg, params):
     """D-Adaptation SGD (Defazio & Mishchenko 2023), `pytorch_optimizer.DAdaptSGD`.
 
     BASE_LR multiplies the estimated step size d (1.0 recommended); MOMENTUM and
     the groups' weight decay apply. All groups use group 0's lr.
     """
-    po = _import("pytorch_optimizer", "pytorch-optimizer", "DADAPT_SGD")
+    import pytorch_optimizer as po
+
     return po.DAdaptSGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
 
 
-@OPTIMIZER_REGISTRY.register()
+@register_optimizer(preset_lr=1.0, read_effective_lr=_prodigy_lr, **_PYTORCH_OPTIMIZER)
 def PRODIGY(cfg, params):
     """Prodigy (Mishchenko & Defazio 2024), `pytorch_optimizer.Prodigy`: Adam with a D-Adapted scale.
 
@@ -106,7 +106,8 @@ def PRODIGY(cfg, params):
     betas; weight decay is decoupled (AdamW-style). `safeguard_warmup` is on, as its
     authors advise with a warmup.
     """
-    po = _import("pytorch_optimizer", "pytorch-optimizer", "PRODIGY")
+    import pytorch_optimizer as po
+
     return po.Prodigy(
         params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS, safeguard_warmup=True
     )
@@ -121,8 +122,6 @@ def _alig_class(po):
     if _ALIG_CLASS is None:
 
         class AliG(po.AliG):
-            needs_loss_closure = True
-
             @torch.no_grad()
             def step(self, closure=None):
                 for group in self.param_groups:
@@ -133,7 +132,7 @@ def _alig_class(po):
     return _ALIG_CLASS
 
 
-@OPTIMIZER_REGISTRY.register()
+@register_optimizer(preset_lr=0.1, needs_loss_closure=True, read_effective_lr=_alig_lr, **_PYTORCH_OPTIMIZER)
 def ALIG(cfg, params):
     """ALI-G (Berrada et al. 2020), `pytorch_optimizer.AliG`: step = min(loss / ||g||^2, max_lr).
 
@@ -141,32 +140,38 @@ def ALIG(cfg, params):
     applies. ALI-G has no weight decay (its authors constrain instead): WEIGHT_DECAY
     is ignored. It needs the loss: the trainer passes it through a closure.
     """
-    po = _import("pytorch_optimizer", "pytorch-optimizer", "ALIG")
+    import pytorch_optimizer as po
+
     return _alig_class(po)(params, max_lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
 
 
-@OPTIMIZER_REGISTRY.register()
+@register_optimizer(
+    preset_lr_factor=10.0, has_eval_weights=True, package="schedulefree", module="schedulefree", **_AUTOMATIC
+)
 def SCHEDULEFREE_SGD(cfg, params):
     """Schedule-free SGD (Defazio et al. 2024), the reference `schedulefree.SGDScheduleFree`.
 
     BASE_LR is its lr, the step of the base sequence z: with momentum 0.9 its
-    authors suggest 10-50x a classical SGD lr. Warmup comes from SOLVER.WARMUP_ITERS
-    through the schedule (its averaging weights follow the scheduled lr, as with its
-    own warmup_steps). The trainer calls train()/eval() around evaluation and checkpoints.
+    authors suggest 10-50x a classical SGD lr (the preset: 10x the config's).
+    Warmup comes from SOLVER.WARMUP_ITERS through the schedule (its averaging
+    weights follow the scheduled lr, as with its own warmup_steps). The trainer
+    calls train()/eval() around evaluation and checkpoints.
     Caveat: BatchNorm statistics are those of the training point y, not of the averaged x.
     """
-    sf = _import("schedulefree", "schedulefree", "SCHEDULEFREE_SGD")
+    import schedulefree as sf
+
     return sf.SGDScheduleFree(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
 
 
-@OPTIMIZER_REGISTRY.register()
+@register_optimizer(preset_lr_factor=10.0, has_eval_weights=True, **_PYTORCH_OPTIMIZER)
 def SCHEDULEFREE_SGD_PO(cfg, params):
     """Schedule-free SGD from `pytorch_optimizer.ScheduleFreeSGD`; BASE_LR as in SCHEDULEFREE_SGD."""
-    po = _import("pytorch_optimizer", "pytorch-optimizer", "SCHEDULEFREE_SGD_PO")
+    import pytorch_optimizer as po
+
     return po.ScheduleFreeSGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
 
 
-@OPTIMIZER_REGISTRY.register()
+@register_optimizer(read_effective_lr=_dog_lr, **_DOG)
 def DOG(cfg, params):
     """DoG (Ivgi et al. 2023), `dog.DoG`: eta_t = c * max distance from x0 / sqrt(sum ||g||^2).
 
@@ -175,95 +180,55 @@ def DOG(cfg, params):
     the gradient. No momentum. The authors pair it with iterate averaging, which is
     not used here (we evaluate the last iterate).
     """
-    dog = _import("dog", "dog-optimizer", "DOG")
+    import dog
+
     return dog.DoG(params, lr=cfg.SOLVER.BASE_LR, reps_rel=DOG_REPS_REL)
 
 
-@OPTIMIZER_REGISTRY.register()
+@register_optimizer(read_effective_lr=_dog_lr, **_DOG)
 def LDOG(cfg, params):
     """Layer-wise DoG, `dog.LDoG`; settings as DOG."""
-    dog = _import("dog", "dog-optimizer", "LDOG")
+    import dog
+
     return dog.LDoG(params, lr=cfg.SOLVER.BASE_LR, reps_rel=DOG_REPS_REL)
 
 
-@OPTIMIZER_REGISTRY.register()
+def _load_dowgopt():
+    """dowgopt's module is called `dowg`, a name an unrelated package also uses; load
+    dowgopt's own file, under a private name, so whichever `dowg` is importable does not matter."""
+    dist = importlib.metadata.distribution("dowgopt")  # present: the spec checked it
+    files = [f for f in (dist.files or []) if str(f).replace("\\", "/").endswith("dowg/dowg.py")]
+    if not files:
+        raise UserError("SOLVER.OPTIMIZER DOWG: the installed dowgopt has no dowg/dowg.py; reinstall it (`pip install -U dowgopt`)")
+    spec = importlib.util.spec_from_file_location("_zenith_det_dowgopt", str(dist.locate_file(files[0])))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# No module to import: its module name `dowg` is ambiguous, so the distribution is checked.
+@register_optimizer(has_lr=False, read_effective_lr=_dowg_lr, package="dowgopt", **_AUTOMATIC)
 def DOWG(cfg, params):
     """DoWG (Khaled et al. 2023), `dowgopt`'s DoWG.
 
     It has no learning rate and no weight decay: BASE_LR, the schedule,
     MOMENTUM and WEIGHT_DECAY are all ignored.
     """
-    return _import_dowgopt("DOWG").DoWG(params)
+    return _load_dowgopt().DoWG(params)
 
 
-@OPTIMIZER_REGISTRY.register()
+# No single step size (a per-coordinate bet): its effective lr reads None.
+@register_optimizer(has_lr=False, read_effective_lr=None, package="parameterfree", module="parameterfree", **_AUTOMATIC)
 def COCOB(cfg, params):
     """COCOB-Backprop (Orabona & Tommasi 2017), `parameterfree.COCOB`: coin betting.
 
     It has no learning rate: BASE_LR, the schedule and MOMENTUM are ignored. The
     groups' weight decay is added to the gradient; alpha is the package's 100.
     """
-    pf = _import("parameterfree", "parameterfree", "COCOB")
+    import parameterfree as pf
+
     return pf.COCOB(params)
 
 
 # The hand-made references are SOLVER.OPTIMIZER SGD with SOLVER.LR_SCHEDULER_NAME
 # WarmupMultiStepLR (decay by GAMMA at SOLVER.STEPS) or WarmupCosineLR (to 0 at MAX_ITER).
-
-
-def _largest_group(optimizer):
-    return max(optimizer.param_groups, key=lambda g: len(g["params"]))
-
-
-def _num(value) -> Optional[float]:
-    if value is None:
-        return None
-    if torch.is_tensor(value):
-        value = value.detach().float().reshape(-1)
-        if value.numel() == 0:
-            return None
-        value = value.median() if value.numel() > 1 else value[0]
-        return float(value)
-    return float(value)
-
-
-def effective_lr(optimizer) -> Optional[float]:
-    """The step size the method actually applies to the largest parameter group, or None.
-
-    A host read: call it at the log period, not every step. For ZENITH it is
-    lr * multiplier; for the automatic methods their own estimate (D-Adapt SGD:
-    d * lr / ||g_0||; Prodigy: d * lr; DoG: eta (LDoG: the median over layers);
-    ALI-G: the capped Polyak step; DoWG: r^2 / sqrt(v)); for SGD and schedule-free,
-    the scheduled lr. None where there is no single step size (COCOB).
-    """
-    name = type(optimizer).__name__
-    group = _largest_group(optimizer)
-    try:
-        source = lr_multiplier_source(optimizer)
-        if source is not None:
-            return group["lr"] * _num(source.multiplier())
-        if name == "DAdaptSGD":
-            g0 = optimizer.param_groups[0]
-            if "g0_norm" not in g0 or not g0["g0_norm"]:
-                return None
-            return g0["d"] * g0["lr"] / g0["g0_norm"]
-        if name == "Prodigy":
-            return optimizer.param_groups[0]["d"] * group["lr"]
-        if name in ("DoG", "LDoG"):
-            eta = group.get("eta")
-            if not eta:
-                return None
-            return _num(torch.stack([torch.as_tensor(e).float().reshape(()) for e in eta]))
-        if name == "AliG":
-            return _num(group.get("step_size"))
-        if name == "DoWG":
-            state = optimizer.state
-            if "rt2" not in state or "vt" not in state:
-                return None
-            vt = _num(state["vt"])
-            return _num(state["rt2"]) / (math.sqrt(vt) + group.get("eps", 1e-4)) if vt is not None else None
-        if name == "COCOB":
-            return None
-        return float(group["lr"])
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None

@@ -1,13 +1,15 @@
 """Optimizers, parameter groups, LR schedules and gradient clipping, all from one config.
 
-Register a new optimizer with one decorator; the function's name is its
-SOLVER.OPTIMIZER key and it receives the config and detectron2-style groups::
+Each SOLVER.OPTIMIZER key is an `OptimizerSpec` (spec.py) in `OPTIMIZER_REGISTRY`:
+its builder and what the trainer, the schedule and tools/compare.py need to know
+about it. Register one with `register_optimizer(...)`, or a plain function with the
+defaults (the function's name is its key; it receives the config and
+detectron2-style groups)::
 
     @OPTIMIZER_REGISTRY.register()
     def MY_SGD(cfg, params):
         return torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR)
 """
-import math
 from typing import Callable, List, Optional
 
 import torch
@@ -17,18 +19,12 @@ from fvcore.common.param_scheduler import (
     MultiStepParamScheduler,
     ParamScheduler,
 )
-from fvcore.common.registry import Registry
 
 from ..errors import UserError
+from .spec import OPTIMIZER_REGISTRY  # noqa: F401  (re-exported: where it was defined before spec.py)
+from .spec import LR_SCHEDULES, OptimizerSpec, largest_group, optimizer_spec, register_optimizer
 from .zenith import Zenith
 from .zenith_scheduler import ZenithScheduler
-
-OPTIMIZER_REGISTRY = Registry("OPTIMIZER")
-OPTIMIZER_REGISTRY.__doc__ = "SOLVER.OPTIMIZER -> fn(cfg, param_groups) -> torch.optim.Optimizer"
-
-# ZENITH is its own schedule: after the (optional) warmup its base lr stays put.
-# baselines.py adds the automatic-LR methods (also constant after warmup).
-DEFAULT_LR_SCHEDULER = {"ZENITH": "WarmupConstantLR"}
 
 _NORM_TYPES = (
     torch.nn.modules.batchnorm._BatchNorm,
@@ -39,16 +35,31 @@ _NORM_TYPES = (
 )
 
 
-@OPTIMIZER_REGISTRY.register()
+def lr_multiplier_source(optimizer):
+    """What carries ZENITH's multiplier for this optimizer (Zenith or its ZenithScheduler), else None."""
+    if isinstance(optimizer, Zenith):
+        return optimizer
+    return getattr(optimizer, "zenith_scheduler", None)
+
+
+def zenith_effective_lr(optimizer) -> torch.Tensor:
+    """ZENITH's step size: the scheduled lr times the norm-history multiplier (a device read)."""
+    return largest_group(optimizer)["lr"] * lr_multiplier_source(optimizer).multiplier()
+
+
+@register_optimizer()
 def SGD(cfg, params):
+    """SGD with momentum (fused); hand-made schedules: multi-step by default, or cosine."""
     # Fused, so comparisons against ZENITH (also fused) measure the rule, not the kernel.
     return torch.optim.SGD(
         params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV, fused=True
     )
 
 
-@OPTIMIZER_REGISTRY.register()
+# ZENITH is its own schedule: after the (optional) warmup its base lr stays put.
+@register_optimizer(lr_schedule="WarmupConstantLR", read_effective_lr=zenith_effective_lr)
 def ZENITH(cfg, params):
+    """ZENITH: SGD whose lr follows the gradient norm's own history (BASE_LR is eta_0)."""
     return Zenith(
         params,
         lr=cfg.SOLVER.BASE_LR,
@@ -58,14 +69,15 @@ def ZENITH(cfg, params):
     )
 
 
-@OPTIMIZER_REGISTRY.register()
+@register_optimizer()
 def ADAMW(cfg, params):
+    """AdamW (fused); SOLVER.BETAS and SOLVER.EPS; decoupled weight decay."""
     return torch.optim.AdamW(
         params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS, fused=True
     )
 
 
-@OPTIMIZER_REGISTRY.register()
+@register_optimizer(read_effective_lr=zenith_effective_lr)
 def ADAMW_ZENITH(cfg, params):
     """AdamW whose learning rate follows ZENITH's norm-history multiplier."""
     optimizer = ADAMW(cfg, params)
@@ -102,13 +114,10 @@ def get_default_optimizer_params(
     return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in merged.items()]
 
 
-def lookup_optimizer(cfg) -> Callable:
-    """The registry entry SOLVER.OPTIMIZER names (any case), or a UserError listing the choices."""
-    name = str(cfg.SOLVER.OPTIMIZER).upper()
-    if name not in OPTIMIZER_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in OPTIMIZER_REGISTRY))
-        raise UserError(f"SOLVER.OPTIMIZER: unknown optimizer {cfg.SOLVER.OPTIMIZER!r}; choose one of {known}")
-    return OPTIMIZER_REGISTRY.get(name)
+def lookup_optimizer(cfg) -> OptimizerSpec:
+    """The spec SOLVER.OPTIMIZER names (any case), or a UserError listing the choices
+    (`optimizer_spec(cfg)`; the spec is called like a builder: ``spec(cfg, params)``)."""
+    return optimizer_spec(cfg)
 
 
 def param_group_settings(cfg) -> dict:
@@ -124,15 +133,14 @@ def param_group_settings(cfg) -> dict:
 
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    make = lookup_optimizer(cfg)
-    return make(cfg, get_default_optimizer_params(model, **param_group_settings(cfg)))
+    """The optimizer SOLVER.OPTIMIZER names over the model's parameter groups.
+    What it needs from the trainer is in its spec, `optimizer_spec(cfg)`."""
+    return optimizer_spec(cfg).build(cfg, get_default_optimizer_params(model, **param_group_settings(cfg)))
 
 
-def lr_multiplier_source(optimizer):
-    """What carries ZENITH's multiplier for this optimizer (Zenith or its ZenithScheduler), else None."""
-    if isinstance(optimizer, Zenith):
-        return optimizer
-    return getattr(optimizer, "zenith_scheduler", None)
+def lr_schedule_name(cfg) -> str:
+    """SOLVER.LR_SCHEDULER_NAME, or where it is empty the optimizer's default (its spec's lr_schedule)."""
+    return cfg.SOLVER.LR_SCHEDULER_NAME or optimizer_spec(cfg).lr_schedule
 
 
 class WarmupParamScheduler(ParamScheduler):
@@ -174,7 +182,7 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
 
 
 def build_lr_scheduler(cfg, optimizer) -> LRMultiplier:
-    name = cfg.SOLVER.LR_SCHEDULER_NAME or DEFAULT_LR_SCHEDULER.get(cfg.SOLVER.OPTIMIZER.upper(), "WarmupMultiStepLR")
+    name = lr_schedule_name(cfg)
     max_iter = cfg.SOLVER.MAX_ITER
     if name == "WarmupMultiStepLR":
         steps = [s for s in cfg.SOLVER.STEPS if s <= max_iter]
@@ -187,8 +195,7 @@ def build_lr_scheduler(cfg, optimizer) -> LRMultiplier:
         sched = ConstantParamScheduler(1.0)
     else:
         raise UserError(
-            f"SOLVER.LR_SCHEDULER_NAME: unknown schedule {name!r}; "
-            "use WarmupMultiStepLR, WarmupCosineLR or WarmupConstantLR"
+            f"SOLVER.LR_SCHEDULER_NAME: unknown schedule {name!r}; use {', '.join(LR_SCHEDULES)}"
         )
     warmup_length = min(cfg.SOLVER.WARMUP_ITERS / max_iter, 1.0)
     sched = WarmupParamScheduler(sched, cfg.SOLVER.WARMUP_FACTOR, warmup_length, cfg.SOLVER.WARMUP_METHOD)
