@@ -12,7 +12,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from collections import OrderedDict
 
 import torch
@@ -228,7 +227,7 @@ class Trainer(SimpleTrainer):
             ]
         return [
             hooks.IterationTimer(),
-            hooks.LRScheduler(self.optimizer, self.scheduler, cfg.LOG_PERIOD),
+            hooks.LRScheduler(cfg.LOG_PERIOD),
             hooks.WallClockBudget(),
             hooks.PreemptionHandler(self.signals),
             hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_TO_KEEP),
@@ -253,11 +252,8 @@ class Trainer(SimpleTrainer):
         super().load_state_dict(state)
         self.clock.load_state_dict(state["budget"])
         set_rng_state(state["rng"])
-        # The schedule is a pure function of the iteration (and the current config).
-        self.scheduler.last_epoch = self.start_iter - 1
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            self.scheduler.step()
+        # The schedule is a pure function of the iteration and the (current) config.
+        self.scheduler = build_lr_scheduler(self.cfg, self.optimizer, last_iter=self.start_iter - 1)
 
     def resume_or_load(self, resume: bool = True) -> bool:
         """With `resume`, continue from the newest good checkpoint in OUTPUT_DIR; returns

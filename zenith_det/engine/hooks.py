@@ -59,22 +59,27 @@ class IterationTimer(HookBase):
 
 
 class LRScheduler(HookBase):
-    def __init__(self, optimizer, scheduler, log_period: int):
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+    """Steps `trainer.scheduler` after each iteration; records lr, ZENITH's multiplier and g_t.
+
+    It reads the trainer's scheduler when training starts, so a resume may rebuild it."""
+
+    def __init__(self, log_period: int):
         self.log_period = log_period
+
+    def before_train(self):
+        optimizer = self.trainer.optimizer
         self._zenith = lr_multiplier_source(optimizer)
         # Report the lr of the group with the most parameters, as detectron2 does.
         self._group = max(range(len(optimizer.param_groups)), key=lambda i: len(optimizer.param_groups[i]["params"]))
 
     def after_step(self):
         storage = self.trainer.storage
-        storage.put_scalar("lr", self.optimizer.param_groups[self._group]["lr"], smoothing_hint=False)
+        storage.put_scalar("lr", self.trainer.optimizer.param_groups[self._group]["lr"], smoothing_hint=False)
         if self._zenith is not None and (self.trainer.iter + 1) % self.log_period == 0:
             # Tensors: read by the writer at the same period, never a sync per step.
             storage.put_scalar("zenith/multiplier", self._zenith.multiplier(), smoothing_hint=False)
             storage.put_scalar("zenith/grad_norm", self._zenith.last_grad_norm(), smoothing_hint=False)
-        self.scheduler.step()
+        self.trainer.scheduler.step()
 
 
 class WallClockBudget(HookBase):

@@ -14,8 +14,10 @@ from typing import Callable, List, Optional
 
 import torch
 from fvcore.common.param_scheduler import (
+    CompositeParamScheduler,
     ConstantParamScheduler,
     CosineParamScheduler,
+    LinearParamScheduler,
     MultiStepParamScheduler,
     ParamScheduler,
 )
@@ -143,25 +145,23 @@ def lr_schedule_name(cfg) -> str:
     return cfg.SOLVER.LR_SCHEDULER_NAME or optimizer_spec(cfg).lr_schedule
 
 
-class WarmupParamScheduler(ParamScheduler):
-    """`scheduler` scaled by a linear (or constant) warmup over the first `warmup_length` of training."""
-
-    def __init__(self, scheduler: ParamScheduler, warmup_factor: float, warmup_length: float, method: str = "linear"):
-        if method not in ("linear", "constant"):
-            raise UserError(f"SOLVER.WARMUP_METHOD: {method!r} is not 'linear' or 'constant'")
-        self.scheduler = scheduler
-        self.warmup_factor = warmup_factor
-        self.warmup_length = warmup_length
-        self.method = method
-
-    def __call__(self, where: float) -> float:
-        value = self.scheduler(where)
-        if where >= self.warmup_length:
-            return value
-        if self.method == "constant":
-            return value * self.warmup_factor
-        alpha = where / self.warmup_length
-        return value * (self.warmup_factor * (1 - alpha) + alpha)
+def warmup_scheduler(scheduler: ParamScheduler, warmup_factor: float, warmup_length: float,
+                     method: str = "linear") -> ParamScheduler:
+    """`scheduler` after a warmup over the first `warmup_length` of training, from fvcore's parts
+    (as detectron2's WarmupParamScheduler): linear from `warmup_factor` times the schedule's
+    start to its value where the warmup ends, or constant at `warmup_factor` times its start."""
+    if method not in ("linear", "constant"):
+        raise UserError(f"SOLVER.WARMUP_METHOD: {method!r} is not 'linear' or 'constant'")
+    if warmup_length <= 0:
+        return scheduler
+    if warmup_length >= 1:
+        warmup_length = 1.0
+    start = warmup_factor * scheduler(0.0)
+    warmup = ConstantParamScheduler(start) if method == "constant" else LinearParamScheduler(start, scheduler(warmup_length))
+    if warmup_length == 1.0:
+        return warmup
+    # "fixed": the main schedule keeps its own clock (a step at 60% of training stays there).
+    return CompositeParamScheduler([warmup, scheduler], [warmup_length, 1.0 - warmup_length], ["rescaled", "fixed"])
 
 
 class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
@@ -181,7 +181,12 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         return [base * scale for base in self.base_lrs]
 
 
-def build_lr_scheduler(cfg, optimizer) -> LRMultiplier:
+def build_lr_scheduler(cfg, optimizer, last_iter: int = -1) -> LRMultiplier:
+    """The schedule SOLVER.LR_SCHEDULER_NAME names (or the optimizer spec's default).
+
+    `last_iter` is the last finished iteration: a resumed run at iteration k builds it
+    with k - 1, and the lr is then that of iteration k (the schedule is a pure function
+    of the iteration and the config, so nothing of it is saved)."""
     name = lr_schedule_name(cfg)
     max_iter = cfg.SOLVER.MAX_ITER
     if name == "WarmupMultiStepLR":
@@ -198,8 +203,8 @@ def build_lr_scheduler(cfg, optimizer) -> LRMultiplier:
             f"SOLVER.LR_SCHEDULER_NAME: unknown schedule {name!r}; use {', '.join(LR_SCHEDULES)}"
         )
     warmup_length = min(cfg.SOLVER.WARMUP_ITERS / max_iter, 1.0)
-    sched = WarmupParamScheduler(sched, cfg.SOLVER.WARMUP_FACTOR, warmup_length, cfg.SOLVER.WARMUP_METHOD)
-    return LRMultiplier(optimizer, sched, max_iter)
+    sched = warmup_scheduler(sched, cfg.SOLVER.WARMUP_FACTOR, warmup_length, cfg.SOLVER.WARMUP_METHOD)
+    return LRMultiplier(optimizer, sched, max_iter, last_iter=last_iter)
 
 
 def build_gradient_clipper(cfg) -> Optional[Callable[[List[torch.nn.Parameter]], None]]:
