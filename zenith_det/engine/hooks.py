@@ -14,6 +14,7 @@ never by writing into each other.
 import logging
 
 import torch
+from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
 
 from ..solver import lr_multiplier_source
 from ..utils import comm
@@ -120,21 +121,32 @@ class PreemptionHandler(HookBase):
             self.trainer.request_stop("preempted")
 
 
-class PeriodicCheckpointer(HookBase):
-    """Saves every `period` iterations and at the end; keeps the newest `max_to_keep`.
+class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
+    """fvcore's PeriodicCheckpointer as a hook (as detectron2's is), saving the trainer's state.
 
-    Never saves after the loop failed or with non-finite weights: an older good
-    checkpoint must not be replaced by a broken one.
+    Saves every `period` iterations and at the end (also after a stop: budget,
+    preemption), keeping the newest `max_to_keep` periodic ones (0 keeps all).
+    What `step` does differently from fvcore's, and why:
+    - a file is named after the iterations completed, the point a resume starts at;
+    - it saves `trainer.state_dict()` (the checkpointer writes it atomically) and never
+      non-finite weights, nor after the loop failed: an older good checkpoint must not
+      be replaced by a broken one;
+    - pruning reads the folder, so the checkpoints of earlier sessions are pruned too
+      (fvcore's list of recent files starts empty at every resume).
     """
 
     def __init__(self, checkpointer, period: int, max_to_keep: int):
-        self.checkpointer = checkpointer
-        self.period = period
-        self.max_to_keep = max_to_keep
+        super().__init__(checkpointer, period, max_to_keep=max_to_keep if max_to_keep > 0 else None)
+
+    def before_train(self):
+        self.max_iter = self.trainer.max_iter
 
     def after_step(self):
-        done = self.trainer.iter + 1
-        if self.period > 0 and done % self.period == 0 and done < self.trainer.max_iter:
+        self.step(self.trainer.iter)
+
+    def step(self, iteration: int, **kwargs) -> None:
+        done = iteration + 1
+        if self.period > 0 and done % self.period == 0 and done < self.max_iter:
             self.save(done)
 
     def after_train(self):
@@ -149,7 +161,7 @@ class PeriodicCheckpointer(HookBase):
         _use_eval_weights(self.trainer)
         if self.checkpointer.save_checked(name, self.trainer.state_dict()):
             self.trainer.last_good_checkpoint = self.checkpointer.get_checkpoint_file()
-            self.checkpointer.prune(self.max_to_keep)
+            self.checkpointer.prune(self.max_to_keep or 0)
         clock.record_checkpoint(clock.now() - start)
 
 
