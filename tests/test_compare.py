@@ -4,7 +4,6 @@ import argparse
 import importlib.util
 import json
 import os
-import sys
 
 import pytest
 import torch

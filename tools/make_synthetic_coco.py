@@ -9,7 +9,6 @@ synthetic_* dataset names generate the default sizes under $ZENITH_DATASETS.
 """
 import argparse
 import os
-import sys
 
 from zenith_det.data.synthetic import DEFAULT_IMAGE_SIZE, generate_synthetic_coco
 

@@ -36,7 +36,7 @@ from ..utils.logger import setup_logger
 from ..utils.rng import rng_state, seed_all_rng, set_rng_state
 from . import hooks
 from .checkpoint import AtomicCheckpointer
-from .preemption import PREEMPTED_EXIT_CODE, preemption_signals
+from .preemption import preemption_signals
 from .resume import format_changes, resume_config, saved_config
 from .run_lock import acquire_run_lock
 from .train_loop import SimpleTrainer

@@ -99,7 +99,8 @@ def _tiny_fpn(out_channels: int, norm_layer) -> BackboneWithFPN:
     body = nn.Sequential()
     for i, ch in enumerate((16, 32, 64, 128)):
         stride_layers = [nn.Conv2d(in_ch, ch, 3, stride=2 if i else 4, padding=1, bias=False), norm_layer(ch), nn.ReLU(inplace=True)]
-        body.add_module(f"layer{i + 1}", nn.Sequential(*stride_layers, nn.Conv2d(ch, ch, 3, padding=1, bias=False), norm_layer(ch), nn.ReLU(inplace=True)))
+        same_layers = [nn.Conv2d(ch, ch, 3, padding=1, bias=False), norm_layer(ch), nn.ReLU(inplace=True)]
+        body.add_module(f"layer{i + 1}", nn.Sequential(*stride_layers, *same_layers))
         stages[f"layer{i + 1}"] = str(i)
         in_ch = ch
     return BackboneWithFPN(body, stages, [16, 32, 64, 128], out_channels, extra_blocks=LastLevelMaxPool())

@@ -1,6 +1,5 @@
 """torchvision Mask / Keypoint / Faster R-CNN built from the config and the dataset's metadata."""
 import logging
-import os
 
 import torch
 from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
