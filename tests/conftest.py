@@ -1,3 +1,4 @@
+import importlib.util
 import logging
 import os
 
@@ -7,6 +8,22 @@ import torch
 from zenith_det.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC_CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml")
+# Overrides that make tools/train_net.py on SYNTHETIC_CONFIG train at test speed on the CPU.
+FAST_CLI = [
+    "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.WARMUP_ITERS", "2", "SOLVER.ZENITH.WINDOW", "5", "DATALOADER.NUM_WORKERS", "0",
+    "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "LOG_PERIOD", "1", "DETERMINISTIC", "True",
+]
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module, so a test can call its entry point in this process."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # Tests run on 2 cores; more threads only add contention.
 torch.set_num_threads(2)

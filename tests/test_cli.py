@@ -11,19 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import FAST_CLI, REPO, SYNTHETIC_CONFIG
 from zenith_det.data import generate_synthetic_coco
 
 pytestmark = pytest.mark.slow
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
-CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml")
-FAST = [
-    "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.WARMUP_ITERS", "2", "SOLVER.ZENITH.WINDOW", "5", "DATALOADER.NUM_WORKERS", "0",
-    "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "LOG_PERIOD", "1", "DETERMINISTIC", "True",
-]
+CONFIG = SYNTHETIC_CONFIG
+FAST = FAST_CLI
 
 
 def _env(datasets_root):

@@ -7,7 +7,6 @@ tools/train_net.py: one training iteration, then an evaluation on the same data.
 """
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import math
@@ -19,22 +18,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import FAST_CLI, SYNTHETIC_CONFIG, load_tool
 from zenith_det.data import generate_synthetic_coco
 
 pytestmark = pytest.mark.slow
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml")
-FAST = [
-    "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
-    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96", "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.WARMUP_ITERS", "1", "SOLVER.ZENITH.WINDOW", "5", "DATALOADER.NUM_WORKERS", "0",
-    "TEST.EVAL_PERIOD", "0", "LOG_PERIOD", "1", "SOLVER.MAX_ITER", "1", "SEED", "3",
+CONFIG = SYNTHETIC_CONFIG
+# One iteration at 64 px, then an evaluation of the same (mutated) data.
+FAST = FAST_CLI + [
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.MAX_SIZE_TEST", "96", "SOLVER.WARMUP_ITERS", "1", "SOLVER.MAX_ITER", "1", "SEED", "3",
+    "DETERMINISTIC", "False",
 ]
-
-_spec = importlib.util.spec_from_file_location("tool_train_net_fuzz", os.path.join(REPO, "tools", "train_net.py"))
-train_net = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_net)
+train_net = load_tool("train_net")
 
 # Values a careless or hostile file may hold where a number, list or string belongs.
 ODD_VALUES = [None, "x", "", -1, 0, 1e12, math.nan, math.inf, True, [], {}, [1, 2, 3], [[1, 2]], [1, 2, 3, 4, 5, 6],
@@ -93,12 +89,24 @@ def _mutate(data, mutation):
     return data, f"{section}.{field} = {value!r}"
 
 
-def _run(args):
-    err = io.StringIO()
-    out = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = train_net.cli(args)  # an exception escaping here is the traceback the property forbids
-    return code, err.getvalue()
+def _train_and_evaluate(data, image_root, overrides=()):
+    """tools/train_net.py in this process on `data` (a COCO dict) for train and test; (exit code, stderr)."""
+    work = tempfile.mkdtemp(prefix="zenith_fuzz_")
+    try:
+        json_file = os.path.join(work, "data.json")
+        with open(json_file, "w") as f:
+            json.dump(data, f)
+        args = [
+            "--config", CONFIG, *FAST, "OUTPUT_DIR", os.path.join(work, "out"),
+            "DATASETS.REGISTER", f"[['fuzz', '{json_file}', '{image_root}']]",
+            "DATASETS.TRAIN", "('fuzz',)", "DATASETS.TEST", "('fuzz',)", *overrides,
+        ]
+        err, out = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = train_net.cli(args)  # an exception escaping here is the traceback the property forbids
+        return code, err.getvalue()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _assert_works_or_one_line(code, stderr, what):
@@ -117,19 +125,8 @@ def _assert_works_or_one_line(code, stderr, what):
 def test_a_mutated_coco_json_trains_or_is_one_line(clean_dataset, datasets_root, mutation):
     data, image_root = clean_dataset
     mutated, what = _mutate(data, mutation)
-    work = tempfile.mkdtemp(prefix="zenith_fuzz_")
-    try:
-        json_file = os.path.join(work, "mutated.json")
-        with open(json_file, "w") as f:
-            json.dump(mutated, f)
-        code, stderr = _run([
-            "--config", CONFIG, *FAST, "OUTPUT_DIR", os.path.join(work, "out"),
-            "DATASETS.REGISTER", f"[['fuzz', '{json_file}', '{image_root}']]",
-            "DATASETS.TRAIN", "('fuzz',)", "DATASETS.TEST", "('fuzz',)",
-        ])
-        _assert_works_or_one_line(code, stderr, what)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    code, stderr = _train_and_evaluate(mutated, image_root)
+    _assert_works_or_one_line(code, stderr, what)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, database=None,
@@ -137,16 +134,5 @@ def test_a_mutated_coco_json_trains_or_is_one_line(clean_dataset, datasets_root,
 @given(key=st.sampled_from(CONFIG_KEYS), value=st.sampled_from(CONFIG_VALUES))
 def test_a_mutated_config_trains_or_is_one_line(clean_dataset, datasets_root, key, value):
     data, image_root = clean_dataset
-    work = tempfile.mkdtemp(prefix="zenith_fuzz_")
-    try:
-        json_file = os.path.join(work, "clean.json")
-        with open(json_file, "w") as f:
-            json.dump(data, f)
-        code, stderr = _run([
-            "--config", CONFIG, *FAST, "OUTPUT_DIR", os.path.join(work, "out"),
-            "DATASETS.REGISTER", f"[['fuzz', '{json_file}', '{image_root}']]",
-            "DATASETS.TRAIN", "('fuzz',)", "DATASETS.TEST", "('fuzz',)", key, value,
-        ])
-        _assert_works_or_one_line(code, stderr, f"{key} {value}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    code, stderr = _train_and_evaluate(data, image_root, [key, value])
+    _assert_works_or_one_line(code, stderr, f"{key} {value}")

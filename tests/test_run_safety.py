@@ -5,7 +5,6 @@ so they can inject a signal or a full disk at an exact moment.
 """
 import errno
 import glob
-import importlib.util
 import json
 import os
 import signal
@@ -17,29 +16,15 @@ import pytest
 import torch
 import torchvision
 
+from conftest import FAST_CLI, REPO, SYNTHETIC_CONFIG, load_tool
 from zenith_det.engine import AtomicCheckpointer, Trainer, default_setup
 from zenith_det.engine import defaults as engine_defaults
 from zenith_det.errors import UserError
 from zenith_det.utils import fileio
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml")
-FAST = [
-    "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.WARMUP_ITERS", "2", "SOLVER.ZENITH.WINDOW", "5", "DATALOADER.NUM_WORKERS", "0",
-    "DATASETS.TEST", "()", "LOG_PERIOD", "1", "DETERMINISTIC", "True", "SEED", "7",
-]
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = _load_tool("train_net")
+CONFIG = SYNTHETIC_CONFIG
+FAST = FAST_CLI + ["SEED", "7"]
+train_net = load_tool("train_net")
 
 
 def cli(args, capsys):
@@ -86,7 +71,7 @@ def test_crafted_pickle_as_model_weights_is_refused_and_never_runs(datasets_root
 
 def test_crafted_pickle_is_refused_by_eval_coco_and_by_resume(datasets_root, tmp_path, capsys):
     evil, marker = _evil_file(tmp_path)
-    eval_coco = _load_tool("eval_coco")
+    eval_coco = load_tool("eval_coco")
     capsys.readouterr()
     code = eval_coco.main(["--config", CONFIG, *FAST, "DATASETS.TEST", "('synthetic_shapes_val',)", "MODEL.WEIGHTS", evil])
     assert_one_line(code, [line for line in capsys.readouterr().err.splitlines() if line.strip()], evil)
