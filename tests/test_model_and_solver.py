@@ -150,6 +150,15 @@ def test_schedules_with_warmup():
     assert cos[99] < 0.01
 
 
+@pytest.mark.parametrize("schedule", ["WarmupMultiStepLR", "WarmupCosineLR", "WarmupConstantLR"])
+def test_a_warmup_as_long_as_the_run_is_a_schedule_too(schedule):
+    """fvcore's schedulers take positions in [0, 1): a warmup reaching the run's end must not ask for 1."""
+    cfg = small_cfg(**{"SOLVER.BASE_LR": "1.0", "SOLVER.MAX_ITER": "2", "SOLVER.WARMUP_ITERS": "5",
+                       "SOLVER.OPTIMIZER": "SGD", "SOLVER.LR_SCHEDULER_NAME": schedule})
+    lrs = _lrs(cfg, 3)
+    assert lrs[0] == pytest.approx(0.001) and all(0 <= lr <= 1 for lr in lrs)
+
+
 def test_config_inheritance_and_errors(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("SOLVER:\n  BASE_LR: 0.5\n  MAX_ITER: 7\n")

@@ -190,8 +190,9 @@ class Trainer(SimpleTrainer):
         self.scheduler = build_lr_scheduler(cfg, optimizer)
         if comm.get_world_size() > 1:
             ids = [device.index] if device.type == "cuda" else None
-            # Buffers (BN statistics) stay per process, as in detectron2.
-            model = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+            # Buffers (BN statistics) stay per process, as in detectron2 (broadcast_buffers is
+            # the spelling every supported torch accepts; forward_sync_buffers came later).
+            model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
         amp = cfg.SOLVER.AMP
         amp_dtype = None
         if amp.ENABLED:

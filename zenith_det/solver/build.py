@@ -154,11 +154,11 @@ def warmup_scheduler(scheduler: ParamScheduler, warmup_factor: float, warmup_len
         raise UserError(f"SOLVER.WARMUP_METHOD: {method!r} is not 'linear' or 'constant'")
     if warmup_length <= 0:
         return scheduler
-    if warmup_length >= 1:
-        warmup_length = 1.0
     start = warmup_factor * scheduler(0.0)
-    warmup = ConstantParamScheduler(start) if method == "constant" else LinearParamScheduler(start, scheduler(warmup_length))
-    if warmup_length == 1.0:
+    # fvcore's schedulers take `where` in [0, 1): a warmup as long as the run ends just before 1.
+    end = scheduler(min(warmup_length, 1.0 - 1e-9))
+    warmup = ConstantParamScheduler(start) if method == "constant" else LinearParamScheduler(start, end)
+    if warmup_length >= 1.0:
         return warmup
     # "fixed": the main schedule keeps its own clock (a step at 60% of training stays there).
     return CompositeParamScheduler([warmup, scheduler], [warmup_length, 1.0 - warmup_length], ["rescaled", "fixed"])
