@@ -1,13 +1,16 @@
 """The data layer: COCO parsing and targets, errors, samplers, and resumable loaders."""
+import gc
 import itertools
 import json
 import logging
+import pickle
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
 
 from zenith_det.config import get_cfg
 from zenith_det.data import build, catalog, coco as coco_module
@@ -23,6 +26,7 @@ from zenith_det.data import (
     get_dataset_paths,
     get_detection_dataset,
     list_datasets,
+    load_coco_json,
     read_image,
     register_coco_dataset,
 )
@@ -185,6 +189,7 @@ def make_cfg(train=("tiny_shapes",), arch="MaskRCNN", batch=2, workers=0, groupi
 
 def test_noncontiguous_category_ids_map_to_1_to_k_and_back(shapes):
     ds = CocoDetection(*shapes, with_masks=True, filter_empty=True)
+    gt = load_coco_json(shapes[0])
     assert ds.contiguous_id_to_category_id == {1: 2, 2: 5, 3: 9, 4: 13}
     assert ds.category_id_to_contiguous_id == {2: 1, 5: 2, 9: 3, 13: 4}
     assert ds.thing_classes == ["ellipse", "triangle", "rectangle", "star"] and ds.num_classes == 4
@@ -192,7 +197,7 @@ def test_noncontiguous_category_ids_map_to_1_to_k_and_back(shapes):
     for index in range(len(ds)):
         _, target = ds[index]
         image_id = int(target["image_id"])
-        expected = sorted(a["category_id"] for a in ds.coco.imgToAnns[image_id] if not a["iscrowd"])
+        expected = sorted(a["category_id"] for a in gt.imgToAnns[image_id] if not a["iscrowd"])
         assert sorted(ds.contiguous_id_to_category_id[int(l)] for l in target["labels"]) == expected
 
 
@@ -217,11 +222,12 @@ def test_targets_from_polygon_and_both_rle_kinds(tiny):
 
 def test_crowd_annotations_never_become_training_targets(shapes):
     ds = CocoDetection(*shapes, with_masks=True, filter_empty=True)
-    crowd_images = {a["image_id"] for a in ds.coco.dataset["annotations"] if a["iscrowd"]}
+    gt = load_coco_json(shapes[0])
+    crowd_images = {a["image_id"] for a in gt.dataset["annotations"] if a["iscrowd"]}
     assert crowd_images
     for image_id in crowd_images & set(ds.ids):
         _, target = ds[ds.ids.index(image_id)]
-        non_crowd = [a for a in ds.coco.imgToAnns[image_id] if not a["iscrowd"]]
+        non_crowd = [a for a in gt.imgToAnns[image_id] if not a["iscrowd"]]
         assert len(target["boxes"]) == len(target["masks"]) == len(non_crowd)
 
 
@@ -384,10 +390,9 @@ def test_error_unreadable_image_is_one_line_even_from_a_worker(tmp_path):
 
 def test_error_image_size_differs_from_json(tmp_path):
     data, _ = tiny_data()
-    data["images"][0]["width"] = 41
     json_file, root = write_coco(tmp_path, data)
-    _save_image(tmp_path / "images" / "a.png", 40, 30)
-    one_line_error(lambda: CocoDetection(json_file, root)[0], "a.png", "41x30")
+    _save_image(tmp_path / "images" / "a.png", 41, 30)
+    one_line_error(lambda: CocoDetection(json_file, root)[0], "a.png", "41x30", "40x30")
 
 
 def test_error_nothing_left_after_filtering(tmp_path):
@@ -427,6 +432,168 @@ def test_error_training_sets_with_different_categories(shapes, people):
     register_coco_dataset("tiny_people", *people)
     cfg = make_cfg(train=("tiny_shapes", "tiny_people"), arch="FasterRCNN")
     one_line_error(lambda: build_detection_train_loader(cfg), "DATASETS.TRAIN", "tiny_people")
+
+
+# ---------------------------------------------------------------- bad annotation files
+
+
+def _ann(data, ann_id):
+    return next(a for a in data["annotations"] if a["id"] == ann_id)
+
+
+def _mutated(tmp_path, mutate):
+    """tiny_data's images, and its json broken by `mutate` (NaN and inf written as Python's json does)."""
+    data, _ = tiny_data()
+    json_file, root = write_coco(tmp_path, data)
+    mutate(data)
+    (tmp_path / "annotations.json").write_text(json.dumps(data))
+    return json_file, root
+
+
+_GARBLED_RLE = {"size": [30, 40], "counts": "0?1!zz"}  # ASCII, but not pycocotools' encoding
+_OTHER_SIZE_RLE = {"size": [30, 40], "counts": mask_util.encode(np.zeros((20, 40), np.uint8, order="F"))["counts"]
+                   .decode()}  # a valid string of 20x40 = 800 pixels
+
+# (what is wrong, how to break tiny_data's json, words the one-line message must hold)
+BAD_ANNOTATIONS = [
+    ("flat polygon", lambda d: _ann(d, 1).update(segmentation=[5, 5, 25, 5, 25, 20]),
+     ["annotation id 1", "segmentation", "list of lists"]),
+    ("odd polygon", lambda d: _ann(d, 1).update(segmentation=[[5, 5, 25, 5, 25, 20, 5]]),
+     ["annotation id 1", "7 numbers", "segmentation"]),
+    ("nested points", lambda d: _ann(d, 1).update(segmentation=[[[5, 5], [25, 5], [25, 20]]]),
+     ["annotation id 1", "[5, 5]", "segmentation"]),
+    ("null coordinate", lambda d: _ann(d, 9).update(segmentation=[[2, None, 12, 3, 12, 15]]),
+     ["annotation id 9", "None", "segmentation"]),
+    ("word coordinate", lambda d: _ann(d, 9).update(segmentation=[[2, "top", 12, 3, 12, 15]]),
+     ["annotation id 9", "'top'", "segmentation"]),
+    ("segmentation of another type", lambda d: _ann(d, 1).update(segmentation="polygon"),
+     ["annotation id 1", "'polygon'", "RLE"]),
+    ("RLE counts of another type", lambda d: _ann(d, 2).update(segmentation={"size": [30, 40], "counts": 7}),
+     ["annotation id 2", "'counts' 7", "run lengths"]),
+    ("RLE of another size", lambda d: _ann(d, 3).update(segmentation={"size": [40, 30], "counts": [1200]}),
+     ["annotation id 3", "[40, 30]", "30x40", "[30, 40]"]),
+    ("RLE runs not summing to h*w", lambda d: _ann(d, 4).update(segmentation={"size": [30, 40], "counts": [5, 10]}),
+     ["annotation id 4", "summing to 15", "1200"]),
+    ("RLE negative run", lambda d: _ann(d, 4).update(segmentation={"size": [30, 40], "counts": [1300, -100]}),
+     ["annotation id 4", "-100", "non-negative"]),
+    ("garbled compressed RLE", lambda d: _ann(d, 2).update(segmentation=_GARBLED_RLE),
+     ["annotation id 2", "do not decode", "pycocotools.mask.encode"]),
+    ("compressed RLE of another size", lambda d: _ann(d, 8).update(segmentation=_OTHER_SIZE_RLE),
+     ["annotation id 8", "summing to 800", "1200"]),
+    ("bbox word", lambda d: _ann(d, 1).update(bbox=[5, "5", 20, 15]),
+     ["annotation id 1", "'bbox'", "[x, y, width, height]"]),
+    ("bbox NaN", lambda d: _ann(d, 1).update(bbox=[5, float("nan"), 20, 15]), ["annotation id 1", "nan", "finite"]),
+    ("bbox inf", lambda d: _ann(d, 1).update(bbox=[5, 5, float("inf"), 15]), ["annotation id 1", "inf", "finite"]),
+    ("bbox of 3", lambda d: _ann(d, 1).update(bbox=[5, 5, 20]), ["annotation id 1", "[5, 5, 20]"]),
+    ("bbox null", lambda d: _ann(d, 1).update(bbox=None), ["annotation id 1", "None"]),
+    ("keypoint word", lambda d: _ann(d, 1).update(keypoints=[1, 2, "visible"]), ["annotation id 1", "keypoints"]),
+    ("area word", lambda d: _ann(d, 1).update(area="big"), ["annotation id 1", "'area'", "'big'"]),
+    ("iscrowd word", lambda d: _ann(d, 1).update(iscrowd="no"), ["annotation id 1", "'iscrowd'", "0", "1"]),
+    ("image id word", lambda d: d["images"][3].update(id="d"), ["images[3]", "'id' 'd'", "integer"]),
+    ("annotation id word", lambda d: d["annotations"][4].update(id="five"), ["annotations[4]", "'five'", "integer"]),
+    ("annotation id float", lambda d: d["annotations"][4].update(id=5.5), ["annotations[4]", "5.5", "integer"]),
+    ("category id word", lambda d: d["categories"][0].update(id="b"), ["categories[0]", "'b'", "integer"]),
+    ("image_id word", lambda d: _ann(d, 6).update(image_id="10"), ["annotation id 6", "image_id", "'10'"]),
+    ("category_id null", lambda d: _ann(d, 6).update(category_id=None), ["annotation id 6", "category_id", "None"]),
+    ("duplicate annotation id", lambda d: _ann(d, 9).update(id=2),
+     ["annotation id 2", "twice", "annotations[1]", "annotations[8]"]),
+    ("duplicate image id", lambda d: d["images"][3].update(id=10), ["image id 10", "twice", "images[0]", "images[3]"]),
+    ("duplicate category id", lambda d: d["categories"][1].update(id=7), ["category id 7", "twice", "categories[1]"]),
+    ("width word", lambda d: d["images"][1].update(width="30"), ["image id 20", "'width' '30'"]),
+    ("annotation not an object", lambda d: d["annotations"].append([1, 2]), ["annotations[9]", "not an object"]),
+    ("missing field", lambda d: _ann(d, 3).pop("category_id"), ["annotation id 3", "'category_id'"]),
+]
+
+
+@pytest.mark.parametrize("what,mutate,needles", BAD_ANNOTATIONS, ids=[c[0] for c in BAD_ANNOTATIONS])
+def test_bad_annotation_is_one_line_at_load(tmp_path, what, mutate, needles):
+    json_file, root = _mutated(tmp_path, mutate)
+    # At load, before any image is read: the box-only view used for evaluation refuses it too.
+    one_line_error(lambda: CocoDetection(json_file, root), json_file, *needles)
+
+
+def test_short_polygons_refused_only_where_masks_are_trained(tmp_path):
+    json_file, root = _mutated(tmp_path, lambda d: _ann(d, 9).update(segmentation=[[2, 3, 12, 3], [2, 3]]))
+    assert len(CocoDetection(json_file, root, filter_empty=True)[1][1]["boxes"]) == 1
+    one_line_error(lambda: CocoDetection(json_file, root, with_masks=True), json_file, "annotation id 9",
+                   "fewer than 3 points", "FasterRCNN")
+
+
+def test_a_short_polygon_beside_a_good_one_is_dropped(tmp_path):
+    good = [2, 3, 12, 3, 12, 15, 2, 15]
+    json_file, root = _mutated(tmp_path, lambda d: _ann(d, 9).update(segmentation=[[2, 3, 12, 3], good]))
+    mask = CocoDetection(json_file, root, with_masks=True, filter_empty=True)[1][1]["masks"][0]
+    assert torch.equal(mask, torch.from_numpy(mask_util.decode(mask_util.frPyObjects([good], 40, 30)[0])))
+
+
+def test_numeric_strings_in_polygons_are_read_as_pycocotools_reads_them(tmp_path):
+    json_file, root = _mutated(tmp_path, lambda d: _ann(d, 9).update(segmentation=[["2", 3, 12, 3, 12, "15.0"]]))
+    mask = CocoDetection(json_file, root, with_masks=True, filter_empty=True)[1][1]["masks"][0]
+    expected = mask_util.decode(mask_util.frPyObjects([[2, 3, 12, 3, 12, 15]], 40, 30)[0])
+    assert torch.equal(mask, torch.from_numpy(expected))
+
+
+def test_polygon_coordinates_keep_every_decimal(tmp_path):
+    # 0.299 and 0.3 fall on either side of a rasterisation boundary (pycocotools works in 1/5 px).
+    polygon = [0.299, 0.299, 10.299, 0.299, 10.299, 10.299, 0.299, 10.299]
+    json_file, root = _mutated(tmp_path, lambda d: _ann(d, 9).update(segmentation=[polygon]))
+    mask = CocoDetection(json_file, root, with_masks=True, filter_empty=True)[1][1]["masks"][0]
+    assert torch.equal(mask, torch.from_numpy(mask_util.decode(mask_util.frPyObjects([polygon], 40, 30)[0])))
+
+
+def test_compressed_rles_of_any_mask_load_and_decode_as_pycocotools(tmp_path):
+    rng = np.random.default_rng(0)
+    masks = [(rng.random((30, 40)) < p).astype(np.uint8) for p in (0.0, 0.02, 0.5, 0.97, 1.0)]
+    masks.append(_box_mask(30, 40, 0, 0, 40, 30))
+
+    def mutate(d):
+        for i, m in enumerate(masks):
+            d["annotations"].append({"id": 100 + i, "image_id": 40, "category_id": 3, "bbox": [0, 0, 40, 30],
+                                     "iscrowd": 0, "segmentation": _compressed_rle(m)})
+    json_file, root = _mutated(tmp_path, mutate)
+    target = CocoDetection(json_file, root, with_masks=True)[3][1]
+    assert all(torch.equal(t, torch.from_numpy(m)) for t, m in zip(target["masks"], masks))
+
+
+@pytest.mark.parametrize("content,needles", [
+    (b"", ["is empty"]),
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(range(256)), ["binary file", "annotation .json"]),
+    ('{"images": [{"file_name": "caf\u00e9.png"}]}'.encode("latin-1"), ["not UTF-8", "0xe9", "re-save it as UTF-8"]),
+    (b'{"images": [], "annotations": [{"id": 1, "bbox": [1, 2', ["truncated", "download or write it again"]),
+    (b'{"images": [] "annotations": []}', ["not valid JSON", "line 1 column 15"]),
+    (b"[1, 2, 3]", ["top level is a list"]),
+], ids=["empty", "png", "latin-1", "truncated", "syntax", "list"])
+def test_unreadable_json_is_one_useful_line(tmp_path, content, needles):
+    bad = tmp_path / "annotations.json"
+    bad.write_bytes(content)
+    message = one_line_error(lambda: CocoDetection(str(bad), str(tmp_path)), str(bad), *needles)
+    assert "utf-8' codec" not in message and "None" not in message
+
+
+def test_utf16_json_is_read(tmp_path):
+    data, _ = tiny_data()
+    json_file, root = write_coco(tmp_path, data)
+    (tmp_path / "annotations.json").write_bytes(json.dumps(data).encode("utf-16"))
+    assert len(CocoDetection(json_file, root)) == 4
+
+
+def test_error_json_path_is_a_folder(tmp_path):
+    one_line_error(lambda: CocoDetection(str(tmp_path), str(tmp_path)), str(tmp_path), "is a folder", ".json")
+
+
+def test_error_training_set_without_images(tmp_path):
+    json_file, root = write_coco(tmp_path, {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]})
+    register_coco_dataset("no_images", json_file, root)
+    cfg = make_cfg(train=("no_images",))
+    cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False
+    one_line_error(lambda: build_detection_train_loader(cfg), "DATASETS.TRAIN", json_file, "lists none")
+
+
+def test_error_synthetic_dataset_root_not_writable(tmp_path, monkeypatch):
+    (tmp_path / "blocker").write_text("a file where the dataset folder should go")
+    monkeypatch.setenv("ZENITH_DATASETS", str(tmp_path / "blocker"))
+    one_line_error(lambda: get_dataset_paths("synthetic_shapes_val"), "synthetic_shapes_val", "ZENITH_DATASETS",
+                   str(tmp_path / "blocker"))
 
 
 # ---------------------------------------------------------------- catalog
@@ -588,3 +755,84 @@ def test_test_loader_sees_every_image_once_in_order_unflipped(shapes, monkeypatc
         sharded += [int(t["image_id"]) for _, targets in build_detection_test_loader(cfg, "tiny_shapes")
                     for t in targets]
     assert sharded == dataset.ids
+
+
+# ---------------------------------------------------------------- what loader workers share
+
+
+def _held_objects(root):
+    """Every object the dataset holds: attributes and container items, not classes or modules."""
+    seen, stack, found = set(), [root], []
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        found.append(obj)
+        if isinstance(obj, dict):
+            stack += [*obj.keys(), *obj.values()]
+        elif isinstance(obj, (list, tuple, set)):
+            stack += list(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (type, np.ndarray)):
+            stack.append(vars(obj))
+    return found
+
+
+@pytest.fixture(scope="module")
+def many_shapes(tmp_path_factory):
+    return generate_synthetic_coco(str(tmp_path_factory.mktemp("many")), "shapes", "train", 80,
+                                   image_size=(72, 88), seed=2)
+
+
+def test_dataset_holds_no_object_per_annotation(many_shapes):
+    # Forked workers copy every Python object they touch (refcounts, full GC); arrays they share.
+    ds = CocoDetection(*many_shapes, with_masks=True, filter_empty=True)
+    held = _held_objects(ds)
+    assert not any(isinstance(o, COCO) for o in held)
+    containers = sum(isinstance(o, (dict, list, tuple, set)) for o in held)
+    num_annotations = len(load_coco_json(many_shapes[0]).anns)
+    assert containers <= 10 * ds.num_classes < num_annotations / 2
+
+
+def test_dataset_pickles_smaller_than_the_json_and_reads_the_same(many_shapes):
+    ds = CocoDetection(*many_shapes, with_masks=True, filter_empty=True)
+    blob = pickle.dumps(ds)
+    with open(many_shapes[0]) as f:
+        assert len(blob) < len(pickle.dumps(json.load(f)))
+    again = pickle.loads(blob)
+    for index in range(0, len(ds), 7):
+        _assert_same_batches([([ds[index][0]], [ds[index][1]])], [([again[index][0]], [again[index][1]])])
+
+
+@pytest.mark.parametrize("kind", ["shapes", "people"])
+def test_samples_are_pycocotools_reading_of_the_json(kind, many_shapes, people):
+    json_file, root = many_shapes if kind == "shapes" else people
+    gt = load_coco_json(json_file)
+    ds = CocoDetection(json_file, root, with_masks=True, with_keypoints=kind == "people", filter_empty=True)
+    assert ds.ids == sorted(i for i in gt.imgs if any(not a["iscrowd"] for a in gt.imgToAnns[i]))
+    for index, image_id in enumerate(ds.ids):
+        _, target = ds[index]
+        anns = [a for a in gt.imgToAnns[image_id] if not a["iscrowd"]]
+        if kind == "people":
+            anns = [a for a in anns if any(v > 0 for v in a["keypoints"][2::3])]
+        w, h = gt.imgs[image_id]["width"], gt.imgs[image_id]["height"]
+        boxes = [[min(max(x, 0), w), min(max(y, 0), h), min(max(x + bw, 0), w), min(max(y + bh, 0), h)]
+                 for x, y, bw, bh in (a["bbox"] for a in anns)]
+        assert torch.equal(target["boxes"], torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        assert target["labels"].tolist() == [ds.category_id_to_contiguous_id[a["category_id"]] for a in anns]
+        assert torch.equal(target["area"], torch.tensor([a["area"] for a in anns], dtype=torch.float32))
+        assert torch.equal(target["masks"], torch.from_numpy(np.stack([gt.annToMask(a) for a in anns])))
+        if kind == "people":
+            expected = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).reshape(len(anns), -1, 3)
+            assert torch.equal(target["keypoints"], expected)
+
+
+def test_loader_workers_keep_the_collector_off_inherited_objects(shapes, monkeypatch):
+    register_coco_dataset("tiny_shapes", *shapes)
+    frozen = lambda self, i: (torch.zeros(1), {"frozen": gc.get_freeze_count()})  # noqa: E731
+    monkeypatch.setattr(CocoDetection, "__getitem__", frozen)
+    cfg = make_cfg(workers=1)
+    _, targets = next(iter(build_detection_test_loader(cfg, "tiny_shapes")))
+    assert targets[0]["frozen"] > 1000  # the interpreter's and torch's objects, at least
+    _, targets = _take(build_detection_train_loader(cfg), 1)[0]
+    assert targets[0]["frozen"] > 1000

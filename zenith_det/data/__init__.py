@@ -3,7 +3,7 @@
 Knows nothing of the trainer; the engine, model builder and evaluator use:
   build_detection_train_loader(cfg, start_iter)  endless, resumable per-rank batches
   build_detection_test_loader(cfg, name)          this rank's shard, in order
-  get_detection_dataset(name, cfg, is_train)      the CocoDetection (`.coco`, `.ids`, metadata)
+  get_detection_dataset(name, cfg, is_train)      the CocoDetection (`.ids`, `.metadata`, `.target(i)`)
   get_dataset_metadata(name, cfg) / metadata_from_cfg(cfg)   num_classes, keypoints, id maps
 """
 from .build import (
@@ -17,7 +17,7 @@ from .build import (
     targets_for_architecture,
 )
 from .catalog import dataset_root, get_dataset_paths, list_datasets, register_coco_dataset, register_datasets_from_cfg
-from .coco import CocoDetection, DatasetError, DatasetMetadata, load_coco_json, read_image
+from .coco import CocoDetection, DatasetError, DatasetMetadata, load_coco_json, load_coco_table, read_image
 from .samplers import (
     AspectRatioGroupedBatchSampler,
     InferenceSampler,
@@ -52,6 +52,7 @@ __all__ = [
     "get_detection_dataset",
     "list_datasets",
     "load_coco_json",
+    "load_coco_table",
     "metadata_from_cfg",
     "read_image",
     "register_coco_dataset",

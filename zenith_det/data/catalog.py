@@ -55,16 +55,27 @@ def register_coco_dataset(name, json_file, image_root):
     _REGISTERED[name] = paths
 
 
+def register_entries(cfg):
+    """cfg.DATASETS.REGISTER checked: [(name, annotation_json, image_root), ...].
+
+    The one validator of the key, for our trainer, the detectron2 front end and resume.
+    """
+    entries = []
+    for entry in cfg.DATASETS.get("REGISTER", None) or []:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3
+                and all(isinstance(v, str) and v for v in entry)):
+            raise UserError(f"DATASETS.REGISTER entry {entry!r} is malformed; each entry must be "
+                            "[name, annotation_json, image_root], three non-empty strings")
+        entries.append(tuple(entry))
+    return entries
+
+
 def register_datasets_from_cfg(cfg):
     """Register every [name, annotation_json, image_root] of cfg.DATASETS.REGISTER.
 
     Relative paths are taken from the working directory, as for any command-line path.
     """
-    for entry in cfg.DATASETS.REGISTER:
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 3
-                and all(isinstance(v, str) and v for v in entry)):
-            raise UserError(f"DATASETS.REGISTER entry {entry!r} is malformed; each entry must be "
-                            "[name, annotation_json, image_root], three non-empty strings")
+    for entry in register_entries(cfg):
         register_coco_dataset(*entry)
 
 

@@ -7,7 +7,6 @@ json (and annotation) or the image file, so it can be fixed without a debugger.
 """
 import contextlib
 import io
-import json
 import logging
 import os
 from collections import defaultdict
@@ -20,8 +19,11 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from ..errors import UserError
+from .annotations import (SEGM_NONE, SEGM_POLYGONS, SEGM_SHORT, CocoTable, narrow, pack_coco, read_coco_json,
+                          release_freed_memory)
 
-__all__ = ["CocoDetection", "DatasetMetadata", "DatasetError", "load_coco_json", "read_image"]
+__all__ = ["CocoDetection", "DatasetMetadata", "DatasetError", "dataset_metadata", "load_coco_json", "load_coco_table",
+           "read_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,84 +79,61 @@ class DatasetMetadata:
 # ---------------------------------------------------------------- json
 
 
-_JSON_CACHE = {}  # (path, mtime_ns, size) -> COCO; a COCO train json takes seconds to parse
+_TABLE_CACHE = {}  # (path, mtime_ns, size) -> CocoTable; a COCO train json takes seconds to parse
+
+
+def load_coco_table(json_file) -> CocoTable:
+    """`json_file` read, checked and packed into arrays (annotations.py), cached per process.
+
+    Raises UserError naming the file, the entry and the field for anything the
+    data layer cannot use.
+    """
+    key = _cache_key(json_file)
+    if key not in _TABLE_CACHE:
+        _TABLE_CACHE[key] = pack_coco(read_coco_json(json_file), json_file)
+        release_freed_memory()  # the parsed json, now garbage
+        logger.info("Loaded %s: %d images, %d annotations, %d categories", json_file,
+                    _TABLE_CACHE[key].num_images, _TABLE_CACHE[key].num_annotations,
+                    len(_TABLE_CACHE[key].categories))
+    return _TABLE_CACHE[key]
 
 
 def load_coco_json(json_file) -> COCO:
-    """Parsed and checked pycocotools COCO for `json_file`, cached per process.
+    """A checked pycocotools COCO for `json_file`, for code that wants pycocotools' index.
 
-    Raises UserError for a missing file, a file that is not COCO json, or an
-    annotation pointing to an unknown image or category.
+    Not cached and not used by the datasets: a COCO object is the per-annotation
+    Python objects that DataLoader workers would copy (see annotations.py).
     """
-    if not os.path.isfile(json_file):
-        raise UserError(f"annotation file not found: {json_file} (fix the path in DATASETS.REGISTER, "
-                        "or point ZENITH_DATASETS at the folder holding the dataset)")
-    st = os.stat(json_file)
-    key = (os.path.abspath(json_file), st.st_mtime_ns, st.st_size)
-    if key not in _JSON_CACHE:
-        _JSON_CACHE[key] = _parse_coco_json(json_file)
-    return _JSON_CACHE[key]
-
-
-def _parse_coco_json(json_file) -> COCO:
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{json_file} is not valid JSON ({e}); regenerate or fix the annotation file") from e
-    if not isinstance(data, dict):
-        raise UserError(f"{json_file} is not a COCO annotation file: its top level is not an object")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise UserError(f"{json_file} is not a COCO annotation file: it has no '{key}' list "
-                            "(COCO json needs 'images', 'annotations' and 'categories')")
-    _check_entries(json_file, data)
+    _cache_key(json_file)  # a missing file or a folder: one clear line
+    data = read_coco_json(json_file)
+    pack_coco(data, json_file)  # for its checks; the caller wants pycocotools' index, not the arrays
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
-    logger.info("Loaded %s: %d images, %d annotations, %d categories", json_file,
-                len(data["images"]), len(data["annotations"]), len(data["categories"]))
     return coco
 
 
-def _check_entries(json_file, data):
-    def need(entry, keys, what):
-        missing = [k for k in keys if k not in entry] if isinstance(entry, dict) else list(keys)
-        if missing:
-            ident = entry.get("id", "?") if isinstance(entry, dict) else "?"
-            raise UserError(f"{json_file}: {what} id {ident} lacks {', '.join(missing)} "
-                            "(every COCO entry needs these fields)")
-
-    image_ids, category_ids = set(), set()
-    for img in data["images"]:
-        need(img, ("id", "file_name", "width", "height"), "image")
-        if img["id"] in image_ids:
-            raise UserError(f"{json_file}: image id {img['id']} appears twice in 'images'; ids must be unique")
-        image_ids.add(img["id"])
-    for cat in data["categories"]:
-        need(cat, ("id", "name"), "category")
-        if cat["id"] in category_ids:
-            raise UserError(f"{json_file}: category id {cat['id']} appears twice in 'categories'; ids must be unique")
-        category_ids.add(cat["id"])
-    if not category_ids:
-        raise UserError(f"{json_file}: 'categories' is empty; a detection dataset needs at least one category")
-    for ann in data["annotations"]:
-        need(ann, ("id", "image_id", "category_id", "bbox"), "annotation")
-        if ann["image_id"] not in image_ids:
-            raise UserError(f"{json_file}: annotation id {ann['id']} refers to image_id {ann['image_id']}, "
-                            "which is not in 'images'; fix or remove that annotation")
-        if ann["category_id"] not in category_ids:
-            raise UserError(f"{json_file}: annotation id {ann['id']} refers to category_id {ann['category_id']}, "
-                            "which is not in 'categories'; fix or remove that annotation")
-        if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
-            raise UserError(f"{json_file}: annotation id {ann['id']} has bbox {ann['bbox']!r}; "
-                            "COCO boxes are [x, y, width, height]")
+def _cache_key(json_file):
+    if not os.path.isfile(json_file):
+        if os.path.isdir(json_file):
+            raise UserError(f"{json_file} is a folder, not an annotation file; give the path of the .json in it")
+        raise UserError(f"annotation file not found: {json_file} (fix the path in DATASETS.REGISTER, "
+                        "or point ZENITH_DATASETS at the folder holding the dataset)")
+    st = os.stat(json_file)
+    return os.path.abspath(json_file), st.st_mtime_ns, st.st_size
 
 
-def _metadata(coco, json_file, image_root) -> DatasetMetadata:
+def dataset_metadata(json_file, image_root) -> DatasetMetadata:
+    """The metadata of a COCO json (classes, id maps, keypoints), from the cached table."""
+    return _metadata(load_coco_table(json_file), json_file, image_root)
+
+
+def _metadata(source, json_file, image_root) -> DatasetMetadata:
+    """Metadata from a CocoTable or a pycocotools COCO."""
+    categories = source.categories if isinstance(source, CocoTable) else source.dataset["categories"]
     # Sorted by id, as detectron2 does, so the label order never depends on json order.
-    cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
+    cats = sorted(categories, key=lambda c: c["id"])
     contiguous_to_id = {i + 1: c["id"] for i, c in enumerate(cats)}
     with_kps = [c for c in cats if c.get("keypoints")]
     names = list(with_kps[0]["keypoints"]) if with_kps else []
@@ -249,31 +228,43 @@ class CocoDetection(torch.utils.data.Dataset):
     masks uint8 (N, H, W) if `with_masks`, keypoints float32 (N, K, 3) if
     `with_keypoints`. Crowd regions and degenerate boxes are never targets; with
     `with_keypoints`, neither are people without a labelled keypoint.
-    `filter_empty` drops images left with no target.
+    `filter_empty` drops images left with no target. `check_files` False skips
+    checking that every image file exists (for tools that read annotations only).
+
+    Everything per image or annotation lives in numpy arrays (the json's CocoTable,
+    shared by every view of that json, plus this view's selection), so forked
+    DataLoader workers share it instead of copying it; see annotations.py.
     """
 
     def __init__(self, json_file, image_root, *, with_masks=False, with_keypoints=False,
-                 filter_empty=False, name=None):
+                 filter_empty=False, name=None, check_files=True):
         self.json_file = json_file
         self.image_root = image_root
         self.name = name or json_file
         self.with_masks = with_masks
         self.with_keypoints = with_keypoints
-        self.coco = load_coco_json(json_file)
-        self.metadata = _metadata(self.coco, json_file, image_root)
+        self.table = load_coco_table(json_file)
+        self.metadata = _metadata(self.table, json_file, image_root)
         if with_keypoints and not self.metadata.keypoint_names:
             raise UserError(f"{json_file} has no category with 'keypoints', so a keypoint model cannot train on it; "
                             "use a person_keypoints json or a MODEL.META_ARCHITECTURE without keypoints")
 
-        self._targets = self._select_annotations()
-        self.ids = sorted(self.coco.imgs)
-        if filter_empty:
-            self.ids = [i for i in self.ids if self._targets[i]]
-            if not self.ids:
-                raise UserError(f"{json_file}: no image has a usable annotation (non-crowd, box over "
-                                f"{MIN_BOX_SIDE:g} px{', a labelled keypoint' if with_keypoints else ''}); "
-                                "fix the annotations or set DATALOADER.FILTER_EMPTY_ANNOTATIONS False")
-        self._check_image_files()
+        keep, boxes = self._select_annotations()
+        # This view's targets: rows self._rows[o[i]:o[i + 1]] of the table for table image i,
+        # stored as the dtypes they become in the target (float32 boxes), or narrower.
+        self._rows = narrow(np.flatnonzero(keep))
+        self._boxes = boxes[keep].astype(np.float32)
+        sorted_ids = np.array(sorted(self.metadata.category_id_to_contiguous_id))
+        self._labels = narrow(np.searchsorted(sorted_ids, self.table.category_id[self._rows]) + 1)
+        per_image = np.bincount(self.table.image_of_rows()[keep], minlength=self.table.num_images)
+        self._offsets = narrow(np.concatenate([[0], np.cumsum(per_image)]))
+        self._images = narrow(np.flatnonzero(per_image) if filter_empty else np.arange(self.table.num_images))
+        if filter_empty and not len(self._images):
+            raise UserError(f"{json_file}: no image has a usable annotation (non-crowd, box over "
+                            f"{MIN_BOX_SIDE:g} px{', a labelled keypoint' if with_keypoints else ''}); "
+                            "fix the annotations or set DATALOADER.FILTER_EMPTY_ANNOTATIONS False")
+        if check_files:
+            self._check_image_files()
 
     # Metadata, flattened for convenience.
     thing_classes = property(lambda self: self.metadata.thing_classes)
@@ -285,49 +276,63 @@ class CocoDetection(torch.utils.data.Dataset):
     num_classes = property(lambda self: self.metadata.num_classes)
     num_keypoints = property(lambda self: self.metadata.num_keypoints)
 
+    @property
+    def ids(self):
+        """Image ids in dataset order (ascending), as a new list."""
+        return self.table.image_id[self._images].tolist()
+
     def __len__(self):
-        return len(self.ids)
+        return len(self._images)
 
     def aspect_ratios(self):
         """width / height of every image, in dataset order, from the json alone."""
-        return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]
+        return (self.table.width[self._images] / self.table.height[self._images]).tolist()
 
     def _select_annotations(self):
-        """{image_id: [(annotation, clipped xyxy box)]} of the annotations that become targets."""
-        num_keypoints = self.metadata.num_keypoints
-        selected, degenerate = {}, []
-        for image_id, img in self.coco.imgs.items():
-            keep = []
-            for ann in self.coco.imgToAnns.get(image_id, []):
-                if ann.get("iscrowd", 0):
-                    continue
-                x, y, w, h = ann["bbox"]
-                box = [min(max(x, 0), img["width"]), min(max(y, 0), img["height"]),
-                       min(max(x + w, 0), img["width"]), min(max(y + h, 0), img["height"])]
-                if box[2] - box[0] <= MIN_BOX_SIDE or box[3] - box[1] <= MIN_BOX_SIDE:
-                    degenerate.append(ann["id"])
-                    continue
-                if self.with_keypoints:
-                    kps = ann.get("keypoints") or []
-                    if len(kps) != 3 * num_keypoints:
-                        raise UserError(f"{self.json_file}: annotation id {ann['id']} has {len(kps)} keypoint values, "
-                                        f"expected {3 * num_keypoints} (x, y, v for each of {num_keypoints})")
-                    if not any(v > 0 for v in kps[2::3]):
-                        continue
-                if self.with_masks and "segmentation" not in ann:
-                    raise UserError(f"{self.json_file}: annotation id {ann['id']} has no 'segmentation' but the "
-                                    "model needs masks; add masks or use MODEL.META_ARCHITECTURE FasterRCNN")
-                keep.append((ann, box))
-            selected[image_id] = keep
+        """(rows that become targets, clipped xyxy boxes of every row)."""
+        t = self.table
+        image = t.image_of_rows()
+        width, height = t.width[image], t.height[image]
+        x, y, w, h = t.bbox.T
+        boxes = np.stack([np.clip(x, 0, width), np.clip(y, 0, height),
+                          np.clip(x + w, 0, width), np.clip(y + h, 0, height)], axis=1)
+        degenerate = ~t.iscrowd & ((boxes[:, 2] - boxes[:, 0] <= MIN_BOX_SIDE)
+                                   | (boxes[:, 3] - boxes[:, 1] <= MIN_BOX_SIDE))
+        keep = ~t.iscrowd & ~degenerate
+        if self.with_keypoints:
+            keep &= self._labelled_people(keep)
+        if self.with_masks:
+            for kind, problem in ((SEGM_NONE, "has no 'segmentation'"),
+                                  (SEGM_SHORT, "has only polygons of fewer than 3 points in its 'segmentation'")):
+                bad = np.flatnonzero(keep & (t.segm_kind == kind))
+                if len(bad):
+                    raise UserError(f"{self.json_file}: annotation id {t.ann_id[bad[0]]} {problem} but the model "
+                                    "needs masks; add a mask (or remove the annotation), or use "
+                                    "MODEL.META_ARCHITECTURE FasterRCNN")
         key = (os.path.abspath(self.json_file), os.stat(self.json_file).st_mtime_ns)
-        if degenerate and key not in _WARNED:
+        if degenerate.any() and key not in _WARNED:
             _WARNED.add(key)
-            total = sum(1 for a in self.coco.dataset["annotations"] if not a.get("iscrowd", 0))
+            ids = t.ann_id[degenerate]
             logger.warning("%s: ignoring %d of %d non-crowd annotations whose box is at most %g px wide or tall "
-                           "after clipping to the image (annotation ids %s%s)", self.json_file, len(degenerate),
-                           total, MIN_BOX_SIDE, ", ".join(map(str, degenerate[:5])),
-                           ", ..." if len(degenerate) > 5 else "")
-        return selected
+                           "after clipping to the image (annotation ids %s%s)", self.json_file, len(ids),
+                           int((~t.iscrowd).sum()), MIN_BOX_SIDE, ", ".join(map(str, ids[:5].tolist())),
+                           ", ..." if len(ids) > 5 else "")
+        return keep, boxes
+
+    def _labelled_people(self, candidates):
+        """Of the candidate rows, those with a labelled keypoint; wrong-length keypoints are an error."""
+        t, k = self.table, self.metadata.num_keypoints
+        lengths = t.kp_end - t.kp_begin
+        wrong = np.flatnonzero(candidates & (lengths != 3 * k))
+        if len(wrong):
+            r = wrong[0]
+            raise UserError(f"{self.json_file}: annotation id {t.ann_id[r]} has {lengths[r]} keypoint values, "
+                            f"expected {3 * k} (x, y, v for each of {k})")
+        rows = np.flatnonzero(candidates)
+        visibility = t.kp_values[t.kp_begin[rows, None] + np.arange(2, 3 * k, 3)]
+        labelled = np.zeros(t.num_annotations, bool)
+        labelled[rows] = (visibility > 0).any(axis=1)
+        return labelled
 
     def _check_image_files(self):
         # One listdir per folder instead of a stat per image: cheap even for COCO
@@ -336,60 +341,53 @@ class CocoDetection(torch.utils.data.Dataset):
             raise UserError(f"image_root {self.image_root} (for {self.json_file}) is not a folder; "
                             "fix the image root in DATASETS.REGISTER or ZENITH_DATASETS")
         wanted = defaultdict(list)
-        for image_id in self.ids:
-            path = os.path.join(self.image_root, self.coco.imgs[image_id]["file_name"])
+        for i in self._images:
+            path = os.path.join(self.image_root, self.table.file_name(i))
             wanted[os.path.dirname(path)].append(os.path.basename(path))
         missing = []
         for folder, names in wanted.items():
             present = set(os.listdir(folder)) if os.path.isdir(folder) else set()
             missing += [os.path.join(folder, n) for n in names if n not in present]
         if missing:
-            raise UserError(f"{len(missing)} of {len(self.ids)} images listed in {self.json_file} are missing "
+            raise UserError(f"{len(missing)} of {len(self)} images listed in {self.json_file} are missing "
                             f"under image_root {self.image_root} (e.g. {missing[0]}); "
                             "fix the image root or restore them")
 
     def __getitem__(self, index):
-        image_id = self.ids[index]
-        info = self.coco.imgs[image_id]
-        width, height = info["width"], info["height"]
-        path = os.path.join(self.image_root, info["file_name"])
+        i = self._images[index]
+        width, height = int(self.table.width[i]), int(self.table.height[i])
+        path = os.path.join(self.image_root, self.table.file_name(i))
         image = read_image(path, expected_size=(width, height), image_root=self.image_root)
+        return image, self.target(index)
 
-        anns = self._targets[image_id]
-        to_label = self.metadata.category_id_to_contiguous_id
+    def target(self, index):
+        """The target dict of dataset[index], without reading the image."""
+        t, i = self.table, self._images[index]
+        height, width = int(t.height[i]), int(t.width[i])
+        begin, end = self._offsets[i], self._offsets[i + 1]
+        rows = self._rows[begin:end]
+        # Copies, never views: a transform writing into a target must not write
+        # into the arrays every worker shares.
         target = {
-            "boxes": torch.tensor([box for _, box in anns], dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor([to_label[a["category_id"]] for a, _ in anns], dtype=torch.int64),
-            "area": torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a, _ in anns],
-                                 dtype=torch.float32),
-            "iscrowd": torch.zeros(len(anns), dtype=torch.int64),
-            "image_id": torch.tensor(image_id, dtype=torch.int64),
+            "boxes": torch.from_numpy(self._boxes[begin:end].copy()).reshape(-1, 4),
+            "labels": torch.from_numpy(self._labels[begin:end].astype(np.int64)),
+            "area": torch.from_numpy(t.area[rows]),
+            "iscrowd": torch.zeros(len(rows), dtype=torch.int64),
+            "image_id": torch.tensor(int(t.image_id[i]), dtype=torch.int64),
         }
         if self.with_masks:
-            masks = [self._mask(a, height, width) for a, _ in anns]
+            masks = [self._mask(r, height, width) for r in rows]
             target["masks"] = (torch.from_numpy(np.stack(masks)) if masks
                                else torch.zeros((0, height, width), dtype=torch.uint8))
         if self.with_keypoints:
             k = self.metadata.num_keypoints
-            keypoints = [a["keypoints"] for a, _ in anns]
-            target["keypoints"] = torch.tensor(keypoints, dtype=torch.float32).reshape(-1, k, 3)
-        return image, target
+            keypoints = np.array([t.keypoints(r) for r in rows], dtype=np.float32).reshape(-1, k, 3)
+            target["keypoints"] = torch.from_numpy(keypoints)
+        return target
 
-    def _mask(self, ann, height, width):
-        segm = ann["segmentation"]
-        if isinstance(segm, list):
-            # pycocotools rejects polygons of fewer than 3 points; COCO has a few.
-            polygons = [p for p in segm if len(p) >= 6]
-            if not polygons:
-                return np.zeros((height, width), dtype=np.uint8)
-            rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
-        elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
-            if list(segm["size"]) != [height, width]:
-                raise DatasetError(f"{self.json_file}: annotation id {ann['id']} has an RLE of size {segm['size']} "
-                                   f"on a {height}x{width} image; the RLE size must be [height, width]")
-            # Uncompressed RLE (counts as a list, COCO's crowd format) needs converting first.
-            rle = mask_util.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm
-        else:
-            raise DatasetError(f"{self.json_file}: annotation id {ann['id']} has a segmentation that is neither "
-                               "a list of polygons nor an RLE dict with 'counts' and 'size'")
-        return np.ascontiguousarray(mask_util.decode(rle), dtype=np.uint8)
+    def _mask(self, row, height, width):
+        if self.table.segm_kind[row] == SEGM_POLYGONS:
+            rle = mask_util.merge(mask_util.frPyObjects(self.table.polygons(row), height, width))
+        else:  # SEGM_RLE; rows without a usable mask were refused in __init__
+            rle = self.table.rle(row, height, width)
+        return mask_util.decode(rle)  # uint8 (H, W); np.stack makes the batch C-contiguous

@@ -128,9 +128,10 @@ def ensure_synthetic_dataset(name, root):
     paths = _layout(final_dir, kind, split)
     if os.path.isfile(paths[0]):
         return paths
-    os.makedirs(root, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{name}.", dir=root)
+    tmp_dir = None
     try:
+        os.makedirs(root, exist_ok=True)
+        tmp_dir = tempfile.mkdtemp(prefix=f".{name}.", dir=root)
         generate_synthetic_coco(tmp_dir, kind, split, num_images)
         try:
             os.rename(tmp_dir, final_dir)
@@ -138,8 +139,11 @@ def ensure_synthetic_dataset(name, root):
             if not os.path.isfile(paths[0]):  # not a lost race: something else is in the way
                 raise UserError(f"{final_dir} exists but holds no {os.path.relpath(paths[0], final_dir)}; "
                                 "delete that folder so the synthetic dataset is generated again") from None
+    except OSError as e:
+        raise UserError(f"cannot write the synthetic dataset {name} under {root} ({e.strerror or e}); "
+                        "set ZENITH_DATASETS to a writable folder with a few MB free") from None
     finally:
-        if os.path.isdir(tmp_dir):
+        if tmp_dir and os.path.isdir(tmp_dir):
             shutil.rmtree(tmp_dir, ignore_errors=True)
     return paths
 
