@@ -13,8 +13,9 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from ..data import SYNTHETIC_DATASETS, get_dataset_paths, load_coco_json
-from ..data.coco import _metadata
+from ..data import SYNTHETIC_DATASETS, get_dataset_paths
+from ..data.catalog import register_entries
+from ..data.coco import dataset_metadata
 from ..errors import UserError
 
 __all__ = ["register_datasets", "register_synthetic_datasets", "register_coco_dataset"]
@@ -28,7 +29,7 @@ _LEFT, _RIGHT, _CENTER = (255, 128, 0), (0, 128, 255), (0, 200, 0)
 
 
 def _d2_metadata(json_file, image_root):
-    meta = _metadata(load_coco_json(json_file), json_file, image_root)
+    meta = dataset_metadata(json_file, image_root)
     out = {
         "thing_classes": list(meta.thing_classes),
         # detectron2's contiguous ids start at 0 (ours at 1: torchvision keeps 0 for background).
@@ -88,11 +89,7 @@ def register_datasets(cfg):
     DATASETS.TEST name (only those: each is generated on first use). Call it in
     every process, before building the trainer; tools/train_d2.py does.
     """
-    for entry in cfg.DATASETS.get("REGISTER", []):
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 3
-                and all(isinstance(v, str) and v for v in entry)):
-            raise UserError(f"DATASETS.REGISTER entry {entry!r} is malformed; each entry must be "
-                            "[name, annotation_json, image_root], three non-empty strings")
+    for entry in register_entries(cfg):
         register_coco_dataset(*entry)
     used = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     register_synthetic_datasets([n for n in dict.fromkeys(used) if n in SYNTHETIC_DATASETS])

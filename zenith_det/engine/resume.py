@@ -18,6 +18,7 @@ from typing import List, Tuple
 import yaml
 
 from ..config import CfgNode
+from ..data.catalog import register_entries
 from ..errors import UserError
 
 CONTINUABLE = (
@@ -60,7 +61,7 @@ def _matches(key: str, patterns) -> bool:
 
 def _training_registrations(cfg) -> dict:
     """name -> (json, image root) of the DATASETS.REGISTER entries that DATASETS.TRAIN uses."""
-    entries = {str(e[0]): tuple(str(x) for x in e[1:]) for e in cfg.DATASETS.REGISTER or [] if len(e) >= 3}
+    entries = {name: (json_file, image_root) for name, json_file, image_root in register_entries(cfg)}
     return {name: entries[name] for name in cfg.DATASETS.TRAIN if name in entries}
 
 

@@ -1,1 +1,2 @@
-from .build import ARCHITECTURES, build_model, load_weights
+from ..config.architectures import ARCHITECTURES
+from .build import build_model, load_weights

@@ -8,13 +8,13 @@ from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, Keypoi
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from ..config.architectures import architecture_targets
 from ..errors import UserError
 from ..utils.fileio import load_torch_file
 from .backbone import build_backbone
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES = ("MaskRCNN", "KeypointRCNN", "FasterRCNN")
 
 
 class TrainTestResize(GeneralizedRCNNTransform):
@@ -39,8 +39,7 @@ class TrainTestResize(GeneralizedRCNNTransform):
 def build_model(cfg, metadata) -> torch.nn.Module:
     """`metadata` gives num_classes (without background) and num_keypoints."""
     arch = cfg.MODEL.META_ARCHITECTURE
-    if arch not in ARCHITECTURES:
-        raise UserError(f"MODEL.META_ARCHITECTURE: {arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    architecture_targets(arch)  # an unknown name: one line listing the known ones
     backbone = build_backbone(cfg)
     channels = backbone.out_channels
     num_classes = metadata.num_classes + 1
