@@ -401,3 +401,19 @@ def test_rle_check_reads_what_pycocotools_writes():
     assert first_bad_rle_string([_encode_counts(big)], [sum(big) - 1])[1].startswith(f"its runs cover {sum(big)}")
     assert first_bad_rle_string(["", "1"], [0, 1]) is None
     assert "too long" in first_bad_rle_string(["ooooooo0"], [1])[1]
+
+
+def test_ground_truth_without_iscrowd_or_area_takes_the_training_defaults(tmp_path):
+    """Training reads a json without 'iscrowd'/'area' (an object; the box's area): evaluating it must
+    give the same AP as the json with those values written out, not a KeyError inside COCOeval."""
+    full = _gt()
+    for ann in full["annotations"]:
+        ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+    sparse = copy.deepcopy(full)
+    for ann in sparse["annotations"]:
+        del ann["iscrowd"], ann["area"]
+    expected = evaluate_results_json(full, [_good()], "bbox")
+    np.testing.assert_equal(evaluate_results_json(sparse, [_good()], "bbox"), expected)  # NaN == NaN here
+    del sparse["annotations"][0]["bbox"]
+    with pytest.raises(UserError, match=r"annotations\[0\] has no 'area' and no box"):
+        evaluate_results_json(sparse, [_good()], "bbox")

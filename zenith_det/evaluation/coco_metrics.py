@@ -85,6 +85,22 @@ def coco_api(backend: str) -> SimpleNamespace:
     return SimpleNamespace(COCO=COCO, COCOeval=make_eval, name=backend)
 
 
+def _fill_gt_defaults(dataset: dict, source: str) -> None:
+    """COCOeval reads every annotation's 'iscrowd' and 'area'; where a json leaves them out,
+    use the data layer's defaults (an object, the box's area), as training did, instead
+    of a KeyError halfway through the evaluation."""
+    for i, ann in enumerate(dataset["annotations"]):
+        if ann.get("iscrowd") is None:
+            ann["iscrowd"] = 0
+        if ann.get("area") is None:
+            box = ann.get("bbox")
+            try:
+                ann["area"] = float(box[2]) * float(box[3])
+            except (TypeError, ValueError, IndexError, KeyError):
+                raise UserError(f"{source}: annotations[{i}] has no 'area' and no box [x, y, width, height] to take "
+                                "it from; give each annotation its area in pixels") from None
+
+
 def load_coco_gt(gt, backend: str = "pycocotools"):
     """`gt` (a json path, a COCO-format dict, or a COCO object of either backend) as the backend's COCO.
 
@@ -109,6 +125,7 @@ def load_coco_gt(gt, backend: str = "pycocotools"):
         gt = copy.deepcopy(gt)
     else:
         raise TypeError(f"ground truth must be a json path, a dict or a COCO object, not {type(gt).__name__}")
+    _fill_gt_defaults(gt, source)
     coco = api.COCO()
     coco.dataset = gt
     with _quiet():
