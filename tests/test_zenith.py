@@ -208,7 +208,7 @@ def test_state_dict_round_trip_resumes_bit_identically(tmp_path):
     model, opt = _train(factory, 12)
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, path)
-    state = torch.load(path)
+    state = torch.load(path, weights_only=True)
     # Continue the same objects, and a fresh pair restored from disk.
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(32, 6, generator=gen)
