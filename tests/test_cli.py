@@ -49,7 +49,8 @@ def bad_json(tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["flag", "missing_config", "unknown_key", "wrong_type", "unwritable", "missing_weights", "missing_json", "malformed_json"],
+    ["flag", "missing_config", "unknown_key", "wrong_type", "unwritable", "missing_weights", "missing_json", "malformed_json",
+     "bad_device"],
 )
 def test_bad_input_is_one_clear_line(case, datasets_root, tmp_path, bad_json):
     out = ["OUTPUT_DIR", str(tmp_path / "out")]
@@ -58,6 +59,7 @@ def test_bad_input_is_one_clear_line(case, datasets_root, tmp_path, bad_json):
         "missing_config": (["--config", str(tmp_path / "nope.yaml")], ["nope.yaml"]),
         "unknown_key": (["--config", CONFIG, "SOLVER.BASE_LRR", "0.1"], ["SOLVER.BASE_LRR"]),
         "wrong_type": (["--config", CONFIG, "SOLVER.MAX_ITER", "lots"], ["SOLVER.MAX_ITER"]),
+        "bad_device": (["--config", CONFIG, *out, "MODEL.DEVICE", "gpu0"], ["MODEL.DEVICE", "gpu0"]),
         "unwritable": (["--config", CONFIG, "OUTPUT_DIR", "/proc/zenith_nope"], ["OUTPUT_DIR", "/proc/zenith_nope"]),
         "missing_weights": (["--config", CONFIG, *out, "MODEL.WEIGHTS", str(tmp_path / "w.pth")], ["MODEL.WEIGHTS", "w.pth"]),
         "missing_json": (["--config", CONFIG, *out, "DATASETS.REGISTER", f"[['x', '{tmp_path}/none.json', '{tmp_path}']]",
@@ -67,7 +69,7 @@ def test_bad_input_is_one_clear_line(case, datasets_root, tmp_path, bad_json):
     }[case]
     result = train_net(args, datasets_root)
     _one_line_error(result, *fragments)
-    if case not in ("unwritable", "flag", "missing_config", "unknown_key", "wrong_type"):
+    if case not in ("unwritable", "flag", "missing_config", "unknown_key", "wrong_type", "bad_device"):
         # Nothing that could damage an earlier run was written.
         assert not any(n.startswith("model_") or n == "last_checkpoint" for n in os.listdir(tmp_path / "out"))
 

@@ -48,12 +48,16 @@ def resolve_device(cfg) -> torch.device:
     name = cfg.MODEL.DEVICE
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"MODEL.DEVICE: {cfg.MODEL.DEVICE!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is visible; set MODEL.DEVICE cpu")
         if comm.get_world_size() > 1:
             return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)
+    return device
 
 
 # A folder with any of these holds an earlier run, checkpoint or not.
