@@ -4,6 +4,7 @@ Most tests drive the real entry point (tools/train_net.py's `cli`) in this proce
 so they can inject a signal or a full disk at an exact moment.
 """
 import errno
+import fcntl
 import glob
 import json
 import os
@@ -19,6 +20,7 @@ import torchvision
 from conftest import FAST_CLI, REPO, SYNTHETIC_CONFIG, load_tool
 from zenith_det.engine import AtomicCheckpointer, Trainer, default_setup
 from zenith_det.engine import defaults as engine_defaults
+from zenith_det.engine.run_lock import acquire_run_lock
 from zenith_det.errors import UserError
 from zenith_det.utils import fileio
 
@@ -373,3 +375,14 @@ def test_atomic_write_uses_fresh_names_and_plain_permissions(tmp_path):
     os.umask(umask)
     assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask
     assert sorted(os.listdir(tmp_path)) == ["stats.json", planted.name]
+
+
+def test_a_file_system_without_locks_still_runs_with_a_warning(tiny_cfg, monkeypatch, caplog):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    os.makedirs(tiny_cfg.OUTPUT_DIR)
+    with caplog.at_level("WARNING", logger="zenith_det.engine.run_lock"):
+        acquire_run_lock(tiny_cfg.OUTPUT_DIR)
+    assert "Cannot lock" in caplog.text and "No locks available" in caplog.text

@@ -5,11 +5,14 @@ their metrics. `flock` is released by the kernel when the process dies, however
 it dies, so a crashed run never leaves a stale lock behind.
 """
 import fcntl
+import logging
 import os
 import socket
 import time
 
 from ..errors import UserError
+
+logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".zenith_run.lock"
 
@@ -34,8 +37,12 @@ def acquire_run_lock(directory: str) -> None:
             f"OUTPUT_DIR {directory} is in use by another run ({holder}); wait for it to end or stop it, "
             "or set OUTPUT_DIR to another folder"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    except OSError as e:
+        # Some network file systems have no locks (ENOLCK): run, but say what is not guarded.
+        logger.warning("Cannot lock %s (%s): make sure no other run uses this OUTPUT_DIR", path, e.strerror)
+    else:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
     _held[key] = fd
 
 
