@@ -1,5 +1,6 @@
 """Zenith against an independent reference: a Python list window and plain SGD arithmetic."""
 import contextlib
+import copy
 import math
 
 import pytest
@@ -30,9 +31,12 @@ def sgd_path(request, monkeypatch):
 class ReferenceZenith:
     """The rule of DEVELOPERS.md written as plainly as possible."""
 
-    def __init__(self, groups, window):
+    def __init__(self, groups, window, start="partial", warmup_steps=0):
         self.groups = groups  # [{"params": [tensor], "lr":..., "momentum":..., ...}]
         self.window = window
+        self.start = start
+        self.warmup_steps = warmup_steps if start == "after_warmup" else 0
+        self.taken = 0
         self.norms = []
         self.zenith = 0.0
         self.bufs = {}
@@ -45,11 +49,18 @@ class ReferenceZenith:
         if not math.isfinite(norm):
             self.skipped += 1
             return
-        self.norms.append(norm)
-        self.norms = self.norms[-self.window :]
-        mu = sum(self.norms) / len(self.norms)
-        self.zenith = max(self.zenith, mu)
-        self.mult = mu / self.zenith if self.zenith > 0 else 1.0
+        self.taken += 1
+        if self.taken <= self.warmup_steps:
+            self.mult = 1.0  # "after_warmup": the norm stays out of the window
+        else:
+            self.norms.append(norm)
+            self.norms = self.norms[-self.window :]
+            mu = sum(self.norms) / len(self.norms)
+            if self.start == "full" and len(self.norms) < self.window:
+                self.mult = 1.0  # Z stays 0 until the window is full
+            else:
+                self.zenith = max(self.zenith, mu)
+                self.mult = mu / self.zenith if self.zenith > 0 else 1.0
         for gi, (group, group_grads) in enumerate(zip(self.groups, grads)):
             for pi, (p, g) in enumerate(zip(group["params"], group_grads)):
                 if g is None:
@@ -85,13 +96,15 @@ def _grad_scale(t):
     return 1.0 + 0.8 * math.sin(t / 9.0) + t / 200.0
 
 
-def test_matches_reference_over_start_and_wraparound(sgd_path):
+@pytest.mark.parametrize("start", ["partial", "full", "after_warmup"])
+def test_matches_reference_over_start_and_wraparound(sgd_path, start):
     window = 7
     init = _make_params(0)
     params = [[p.clone().requires_grad_(True) for p in group] for group in init]
     ref_groups = [dict(params=[p.clone() for p in group], **s) for group, s in zip(init, GROUP_SETTINGS)]
-    opt = Zenith([dict(params=group, **s) for group, s in zip(params, GROUP_SETTINGS)], lr=0.1, window=window)
-    ref = ReferenceZenith(ref_groups, window)
+    opt = Zenith([dict(params=group, **s) for group, s in zip(params, GROUP_SETTINGS)], lr=0.1, window=window,
+                 start=start, warmup_steps=12)
+    ref = ReferenceZenith(ref_groups, window, start, warmup_steps=12)
     gen = torch.Generator().manual_seed(1)
     for t in range(300):
         grads = []
@@ -221,7 +234,8 @@ def test_state_dict_round_trip_resumes_bit_identically(tmp_path):
         assert torch.equal(p, q)
     a, b = opt.state_dict(), resumed_opt.state_dict()
     for key, value in a["zenith_history"].items():
-        assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["zenith_history"][key])), key
+        other = b["zenith_history"][key]
+        assert torch.equal(value, other) if torch.is_tensor(value) else value == other, key
 
 
 def test_load_rejects_another_window():
@@ -503,3 +517,38 @@ def test_zenith_scheduler_history_rides_in_the_optimizer_checkpoint():
     fresh.load_state_dict(state)
     assert restored.multiplier().item() == pytest.approx(2.0 / 3.0)
     assert torch.equal(restored.history.norms, sched.history.norms)
+
+
+@pytest.mark.parametrize("start", ["partial", "full", "after_warmup"])
+def test_start_choices_skip_nonfinite_norms_and_resume_exactly(start):
+    """Each start choice against the reference, with non-finite norms inside the warmup and the
+    first window, and a state_dict round trip in the middle."""
+    norms = [3.0, float("nan"), 5.0, 1.0, float("inf"), 2.0, 8.0, 0.5, 4.0, 6.0, 1.5, 9.0, 0.25]
+
+    def make():
+        return Zenith([torch.zeros(1, requires_grad=True)], lr=0.0, momentum=0.0, window=4, start=start, warmup_steps=3)
+
+    opt = make()
+    ref_group = dict(params=[torch.zeros(1)], lr=0.0, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)
+    ref = ReferenceZenith([ref_group], 4, start, warmup_steps=3)
+    mults = []
+    for i, value in enumerate(norms):
+        opt.param_groups[0]["params"][0].grad = torch.tensor([value])
+        opt.step()
+        ref.step([[torch.tensor([value])]])
+        mults.append(opt.multiplier().item())
+        assert mults[-1] == pytest.approx(ref.mult, rel=1e-6), i
+        if i == 5:
+            saved = copy.deepcopy(opt.state_dict())
+    if start == "full":
+        assert mults[:5] == [1.0] * 5  # four finite norms arrive only at step 6
+    resumed = make()
+    resumed.load_state_dict(saved)
+    for i, value in enumerate(norms[6:], start=6):
+        resumed.param_groups[0]["params"][0].grad = torch.tensor([value])
+        resumed.step()
+        assert resumed.multiplier().item() == mults[i]
+    other = Zenith([torch.zeros(1, requires_grad=True)], lr=0.0, window=4,
+                   start="full" if start != "full" else "partial", warmup_steps=3)
+    with pytest.raises(ValueError, match="start mismatch"):
+        other.load_state_dict(saved)

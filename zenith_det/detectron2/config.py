@@ -10,6 +10,8 @@ _ZENITH_KEYS = (
     ("SOLVER.OPTIMIZER", "SGD"),
     # ZENITH's gradient-norm window W (steps).
     ("SOLVER.ZENITH.WINDOW", 500),
+    # How the window starts: "partial", "full" or "after_warmup" (see zenith_det.solver.NormHistory).
+    ("SOLVER.ZENITH.START", "partial"),
     # Put ZENITH's multiplier and gradient norm in the EventStorage every this many
     # iterations (detectron2's DefaultTrainer writes metrics every 20).
     ("SOLVER.ZENITH.LOG_PERIOD", 20),

@@ -25,6 +25,7 @@ from fvcore.common.param_scheduler import (
 from ..errors import UserError
 from .spec import OPTIMIZER_REGISTRY  # noqa: F401  (re-exported: where it was defined before spec.py)
 from .spec import LR_SCHEDULES, OptimizerSpec, largest_group, optimizer_spec, register_optimizer
+from .norm_history import NormHistory
 from .zenith import Zenith
 from .zenith_scheduler import ZenithScheduler
 
@@ -58,6 +59,14 @@ def SGD(cfg, params):
     )
 
 
+def zenith_history_args(cfg) -> dict:
+    """SOLVER.ZENITH.* as the keyword arguments of Zenith and ZenithScheduler."""
+    start = cfg.SOLVER.ZENITH.START
+    if start not in NormHistory.STARTS:
+        raise UserError(f"SOLVER.ZENITH.START: {start!r} is not one of {', '.join(NormHistory.STARTS)}")
+    return dict(window=cfg.SOLVER.ZENITH.WINDOW, start=start, warmup_steps=cfg.SOLVER.WARMUP_ITERS)
+
+
 # ZENITH is its own schedule: after the (optional) warmup its base lr stays put.
 @register_optimizer(lr_schedule="WarmupConstantLR", read_effective_lr=zenith_effective_lr)
 def ZENITH(cfg, params):
@@ -67,7 +76,7 @@ def ZENITH(cfg, params):
         lr=cfg.SOLVER.BASE_LR,
         momentum=cfg.SOLVER.MOMENTUM,
         nesterov=cfg.SOLVER.NESTEROV,
-        window=cfg.SOLVER.ZENITH.WINDOW,
+        **zenith_history_args(cfg),
     )
 
 
@@ -83,7 +92,7 @@ def ADAMW(cfg, params):
 def ADAMW_ZENITH(cfg, params):
     """AdamW whose learning rate follows ZENITH's norm-history multiplier."""
     optimizer = ADAMW(cfg, params)
-    optimizer.zenith_scheduler = ZenithScheduler(optimizer, window=cfg.SOLVER.ZENITH.WINDOW)
+    optimizer.zenith_scheduler = ZenithScheduler(optimizer, **zenith_history_args(cfg))
     return optimizer
 
 

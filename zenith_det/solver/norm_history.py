@@ -59,10 +59,16 @@ def unscaled_step_norm(grads, device, grad_scale=None, found_inf=None) -> torch.
 class NormHistory:
     """Window of the last W gradient norms and the running zenith Z.
 
-    `update(g)` with g_t:
+    `update(g)` with g_t, for `start="partial"` (the default):
         mu_t = mean of the last min(t, W) norms
         Z_t  = max(Z_{t-1}, mu_t)
         m_t  = mu_t / Z_t            (1 when Z_t is 0: nothing was learnt yet)
+    The paper does not say how the window starts; the other choices:
+    - `start="full"`: until the window holds W norms, m_t is exactly 1 and Z stays 0;
+      from then on Z is the maximum over the means of full windows.
+    - `start="after_warmup"`: the first `warmup_steps` finite norms never enter the
+      window (the random-initialisation transient of a warmup), and m_t is 1 for
+      them; afterwards as "partial".
     A non-finite g leaves the window, Z and m untouched and counts as skipped: an
     inf in Z would otherwise pin the learning rate at zero for the rest of training.
 
@@ -72,12 +78,20 @@ class NormHistory:
     once; if capturing fails the eager kernels are used.)
     """
 
-    _STATE = ("norms", "pos", "count", "zenith", "mult", "last_norm", "skipped")
+    _STATE = ("norms", "pos", "count", "zenith", "mult", "last_norm", "skipped", "taken")
+    STARTS = ("partial", "full", "after_warmup")
 
-    def __init__(self, window: int, device=None):
+    def __init__(self, window: int, device=None, start: str = "partial", warmup_steps: int = 0):
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        if start not in self.STARTS:
+            raise ValueError(f"start must be one of {', '.join(self.STARTS)}, got {start!r}")
+        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
         self.window = window
+        self.start = start
+        # Only "after_warmup" keeps norms out; for the others the warmup is the schedule's business.
+        self.warmup_steps = warmup_steps if start == "after_warmup" else 0
         device = torch.device("cpu") if device is None else torch.device(device)
         self.norms = torch.zeros(window, dtype=torch.float32, device=device)
         self.pos = torch.zeros((), dtype=torch.int64, device=device)
@@ -86,6 +100,7 @@ class NormHistory:
         self.mult = torch.ones((), dtype=torch.float32, device=device)
         self.last_norm = torch.zeros((), dtype=torch.float32, device=device)
         self.skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self.taken = torch.zeros((), dtype=torch.int64, device=device)  # finite norms seen, window or not
         # 1.0 when the last norm was non-finite: the `found_inf` of a fused kernel.
         self.skip_flag = torch.zeros((), dtype=torch.float32, device=device)
         self._graph = None  # None: not captured yet; False: capture failed, stay eager
@@ -122,26 +137,35 @@ class NormHistory:
         self._graph.replay()
 
     def _record(self, norm: torch.Tensor) -> None:
+        # Python branches only on the configuration (`start`, `warmup_steps`), never on a
+        # tensor's value: the same kernels every step, so a CUDA graph can replay them.
         finite = torch.isfinite(norm)
         self.last_norm.copy_(norm)
         self.skip_flag.copy_((~finite).to(torch.float32))
+        self.taken.add_(finite.to(torch.int64))
+        accept = finite & (self.taken > self.warmup_steps) if self.warmup_steps else finite
         slot = self.pos.reshape(1)
-        kept = torch.where(finite, norm, self.norms.gather(0, slot)[0])
+        kept = torch.where(accept, norm, self.norms.gather(0, slot)[0])
         self.norms.index_put_((slot,), kept.reshape(1))
-        step = finite.to(torch.int64)
+        step = accept.to(torch.int64)
         self.count.add_(step)
         self.pos.copy_(torch.remainder(self.pos + step, self.window))
-        self.skipped.add_(1 - step)
+        self.skipped.add_(1 - finite.to(torch.int64))
         held = torch.clamp(self.count, min=1, max=self.window).to(torch.float32)
         mean = self.norms.sum() / held
-        zenith = torch.where(finite, torch.maximum(self.zenith, mean), self.zenith)
+        ready = accept & (self.count >= self.window) if self.start == "full" else accept
+        zenith = torch.where(ready, torch.maximum(self.zenith, mean), self.zenith)
         self.zenith.copy_(zenith)
         mult = torch.where(zenith > 0, mean / torch.where(zenith > 0, zenith, 1.0), 1.0)
+        if self.start == "full":
+            mult = torch.where(self.count >= self.window, mult, 1.0)
+        if self.warmup_steps:
+            mult = torch.where(accept, mult, 1.0)  # a finite norm still in the warmup: m = 1
         self.mult.copy_(torch.where(finite, mult, self.mult))
 
     def state_dict(self) -> dict:
         state = {key: getattr(self, key).clone() for key in self._STATE}
-        state["window"] = self.window
+        state.update(window=self.window, start=self.start, warmup_steps=self.warmup_steps)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -150,7 +174,15 @@ class NormHistory:
                 f"window mismatch: the saved history has window={state['window']}, this one {self.window}; "
                 "build the optimizer with the saved window (SOLVER.ZENITH.WINDOW) to resume"
             )
+        saved = (state.get("start", "partial"), int(state.get("warmup_steps", 0)))
+        if saved != (self.start, self.warmup_steps):
+            raise ValueError(
+                f"start mismatch: the saved history has start={saved[0]!r} (warmup_steps={saved[1]}), this one "
+                f"start={self.start!r} (warmup_steps={self.warmup_steps}); build the optimizer with the saved "
+                "SOLVER.ZENITH.START to resume"
+            )
         # In place: a captured CUDA graph keeps pointing at these tensors.
         for key in self._STATE:
-            getattr(self, key).copy_(state[key])
+            if key in state:  # `taken` is newer than some saved histories
+                getattr(self, key).copy_(state[key])
         self.skip_flag.copy_((~torch.isfinite(self.last_norm)).to(torch.float32))

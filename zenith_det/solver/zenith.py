@@ -72,6 +72,8 @@ class Zenith(Optimizer):
         weight_decay: float = 0,
         nesterov: bool = False,
         window: int = 500,
+        start: str = "partial",
+        warmup_steps: int = 0,
     ):
         if isinstance(lr, torch.Tensor):
             raise ValueError("lr must be a float (Zenith builds its own tensor learning rate on the device)")
@@ -85,9 +87,13 @@ class Zenith(Optimizer):
             raise ValueError("Invalid nesterov: Nesterov momentum requires momentum > 0 and dampening = 0")
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise ValueError(f"Invalid window: {window!r} (must be an integer >= 1)")
+        NormHistory(window, start=start, warmup_steps=warmup_steps)  # checks start and warmup_steps
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
         super().__init__(params, defaults)
         self.window = window
+        # How the window starts (see NormHistory): "partial", "full" or "after_warmup".
+        self.start = start
+        self.warmup_steps = warmup_steps
         self._history: Optional[NormHistory] = None
         # Lets GradScaler pass grad_scale/found_inf instead of unscaling with a sync
         # (`_step_supports_amp_scaling`, where this torch honours it).
@@ -111,8 +117,11 @@ class Zenith(Optimizer):
 
     def _get_history(self) -> NormHistory:
         if self._history is None:
-            self._history = NormHistory(self.window, device=self._first_device())
+            self._history = self._new_history()
         return self._history
+
+    def _new_history(self) -> NormHistory:
+        return NormHistory(self.window, device=self._first_device(), start=self.start, warmup_steps=self.warmup_steps)
 
     def _first_device(self) -> torch.device:
         for group in self.param_groups:
@@ -203,5 +212,5 @@ class Zenith(Optimizer):
         history = state_dict.pop("zenith_history", None)
         super().load_state_dict(state_dict)
         if history is not None:
-            self._history = NormHistory(self.window, device=self._first_device())
+            self._history = self._new_history()
             self._history.load_state_dict(history)

@@ -38,10 +38,12 @@ class ZenithScheduler:
 
     STATE_KEY = "zenith_history"
 
-    def __init__(self, optimizer: torch.optim.Optimizer, window: int = 500):
+    def __init__(self, optimizer: torch.optim.Optimizer, window: int = 500, start: str = "partial",
+                 warmup_steps: int = 0):
         self.optimizer = optimizer
         device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
-        self.history = NormHistory(window, device=device)
+        # `start` and `warmup_steps`: how the window starts, as for Zenith (see NormHistory).
+        self.history = NormHistory(window, device=device, start=start, warmup_steps=warmup_steps)
         self._tensor_lr = all(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
         self._base_lrs: Optional[List] = None
         self._handles = [
