@@ -41,12 +41,12 @@ def main(args) -> int:
     # First of all: a stop signal at any later moment ends with a resumable state and exit 75.
     signals = preemption_signals().install()
     try:
-        return _main(args, signals)
+        return _main(args)
     finally:
         signals.uninstall()  # for callers in the same process (tests); the process is about to end
 
 
-def _main(args, signals) -> int:
+def _main(args) -> int:
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, resume=args.resume or args.eval_only)
     cfg.freeze()
@@ -57,7 +57,7 @@ def _main(args, signals) -> int:
     results = trainer.train()
     if comm.is_main_process():
         print_summary(trainer.cfg, results, trainer)
-    if trainer.preempted or signals.received:
+    if trainer.preempted:  # a signal at any point, the last checkpoint included
         logger.warning("Preempted after iteration %d; continue with --resume (exit code %d)", trainer.iter, PREEMPTED_EXIT_CODE)
         return PREEMPTED_EXIT_CODE
     return 0

@@ -37,7 +37,7 @@ from ..utils.rng import rng_state, seed_all_rng, set_rng_state
 from . import hooks
 from .checkpoint import AtomicCheckpointer
 from .preemption import preemption_signals
-from .resume import format_changes, resume_config, saved_config
+from .resume import resume_config, saved_config
 from .run_lock import acquire_run_lock
 from .train_loop import SimpleTrainer
 from .writers import CommonMetricPrinter, JSONWriter, TensorboardWriter
@@ -283,7 +283,7 @@ class Trainer(SimpleTrainer):
         if "config" in state:
             self.cfg, changes = resume_config(saved_config(state["config"], path), self.cfg, path)
             if changes:
-                logger.info("Resuming with changed settings: %s", format_changes(changes))
+                logger.info("Resuming with changed settings: %s", "; ".join(changes))
         self.checkpointer.load_model(path, state)
         self.load_state_dict(state)
         self.last_good_checkpoint = path

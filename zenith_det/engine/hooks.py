@@ -16,7 +16,7 @@ import logging
 import torch
 from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
 
-from ..solver import lr_multiplier_source
+from ..solver import largest_group, lr_multiplier_source
 from ..utils import comm
 from .preemption import Preempted, PreemptionSignals
 from .train_loop import HookBase
@@ -70,12 +70,11 @@ class LRScheduler(HookBase):
     def before_train(self):
         optimizer = self.trainer.optimizer
         self._zenith = lr_multiplier_source(optimizer)
-        # Report the lr of the group with the most parameters, as detectron2 does.
-        self._group = max(range(len(optimizer.param_groups)), key=lambda i: len(optimizer.param_groups[i]["params"]))
 
     def after_step(self):
         storage = self.trainer.storage
-        storage.put_scalar("lr", self.trainer.optimizer.param_groups[self._group]["lr"], smoothing_hint=False)
+        # The lr of the group with the most parameters, as detectron2 reports it.
+        storage.put_scalar("lr", largest_group(self.trainer.optimizer)["lr"], smoothing_hint=False)
         if self._zenith is not None and (self.trainer.iter + 1) % self.log_period == 0:
             # Tensors: read by the writer at the same period, never a sync per step.
             storage.put_scalar("zenith/multiplier", self._zenith.multiplier(), smoothing_hint=False)

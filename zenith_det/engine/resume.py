@@ -65,8 +65,8 @@ def _training_registrations(cfg) -> dict:
     return {name: entries[name] for name in cfg.DATASETS.TRAIN if name in entries}
 
 
-def resume_config(saved: CfgNode, current: CfgNode, path: str) -> Tuple[CfgNode, List[Tuple[str, object, object]]]:
-    """The config the resumed run trains with, and the changes applied [(key, saved, current)].
+def resume_config(saved: CfgNode, current: CfgNode, path: str) -> Tuple[CfgNode, List[str]]:
+    """The config the resumed run trains with, and the changes, one log line each ("KEY: saved -> current").
 
     Raises UserError naming the first key whose change would make it another run.
     """
@@ -85,16 +85,16 @@ def resume_config(saved: CfgNode, current: CfgNode, path: str) -> Tuple[CfgNode,
             was, now = _training_registrations(saved), _training_registrations(current)
             if was != now:
                 raise _refusal(key, was, now, path)
-            applied.append((key, before, after))  # other datasets (e.g. for testing) may come and go
+            applied.append(f"{key}: {before!r} -> {after!r}")  # other datasets (e.g. for testing) may come and go
             continue
         if _matches(key, IGNORED):
             node, leaf = _parent(effective, key)
             node[leaf] = before
-            applied.append((key, before, f"{after} (ignored: the checkpoint's weights are used)"))
+            applied.append(f"{key}: {after!r} ignored (the checkpoint's weights are used)")
             continue
         if not _matches(key, CONTINUABLE):
             raise _refusal(key, before, after, path)
-        applied.append((key, before, after))
+        applied.append(f"{key}: {before!r} -> {after!r}")
     effective.freeze()
     return effective, applied
 
@@ -112,8 +112,3 @@ def _refusal(key, before, after, path) -> UserError:
         f"--resume: {key} is {after!r} here but {before!r} in {path}; a resumed run must keep it. "
         f"Resume with {key} {before!r}, or start a new run in another OUTPUT_DIR"
     )
-
-
-def format_changes(changes) -> str:
-    return "; ".join(f"{key}: {before!r} -> {after!r}" if not isinstance(after, str) or "ignored" not in after
-                     else f"{key}: {after}" for key, before, after in changes)

@@ -10,6 +10,7 @@ from .spec import (
     LR_SCHEDULES,
     OPTIMIZER_REGISTRY,
     OptimizerSpec,
+    largest_group,
     optimizer_spec,
     register_optimizer,
     unregistered_spec,
