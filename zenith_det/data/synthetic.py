@@ -5,10 +5,16 @@ Two kinds:
     background, with polygon masks and deliberately non-contiguous category ids;
   * "keypoints": stick figures ("person") with COCO's 17 keypoints and skeleton.
 
-Masks are rasterized with pycocotools and the pixels are painted from those same
-masks, so every annotation matches its image exactly. Each split also holds a few
-images without annotations and crowd (iscrowd=1, RLE) regions, so the code paths
-real COCO needs are exercised. Same arguments => byte-identical json.
+Segmentations are written as COCO's own json writes them, so every reader of COCO
+(pycocotools, torchvision's references) reads them: objects (iscrowd=0) as
+polygons, crowd regions (iscrowd=1) as uncompressed RLE ({"size": [h, w],
+"counts": [run lengths, column-major, zeros first]}). A shape partly hidden by a
+later one gets its visible pixels' outer boundaries, traced along pixel edges,
+as one or more polygons. bbox and area are computed from the segmentation as
+written (rasterized by pycocotools), and the pixels are painted from those same
+masks, so every annotation matches its image exactly. Each split also holds a
+few images without annotations and crowd regions, so the code paths real COCO
+needs are exercised. Same arguments => byte-identical json.
 """
 import json
 import os
@@ -197,9 +203,65 @@ def _poly_rle(polygons, h, w):
     return mask_util.merge(mask_util.frPyObjects(polygons, h, w))
 
 
-def _rle_json(mask):
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+def _uncompressed_rle(mask):
+    """COCO's crowd format: run lengths over the column-major pixels, starting with zeros."""
+    flat = np.asarray(mask, bool).ravel(order="F")
+    bounds = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+    counts = ([0] if flat[0] else []) + [int(n) for n in np.diff(bounds)]
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def _crowd_annotation(mask, h, w):
+    """segmentation, bbox and area of a crowd region; the last two from the RLE as written."""
+    segmentation = _uncompressed_rle(mask)
+    bbox, area = _box_area(mask_util.frPyObjects(segmentation, h, w))
+    return {"bbox": bbox, "area": area, "iscrowd": 1, "segmentation": segmentation}
+
+
+# Edge directions on the image (x right, y down) in clockwise order: east, south, west, north.
+_STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+
+
+def _mask_polygons(mask):
+    """The outer boundaries of `mask` as flat polygons along pixel edges; None if it has a hole.
+
+    Pixel (r, c) is the square [c, c+1] x [r, r+1]. Each edge between the mask and
+    the outside is walked clockwise around its pixel, so the mask is on the right;
+    chaining the edges end to start gives closed loops: clockwise around each
+    4-connected part of the mask, counter-clockwise around each hole. pycocotools
+    rasterizes these polygons to exactly the mask (when it has no hole). Straight runs are
+    merged, so a polygon lists only its corners (always >= 4 points).
+    """
+    m = np.pad(np.asarray(mask, bool), 1)
+    inner = m[1:-1, 1:-1]
+    ways_on = {}  # corner (x, y) -> directions of the edges that start there
+    for d, (outside, dx, dy) in enumerate((
+            (~m[:-2, 1:-1], 0, 0),    # top edge: east from the top-left corner
+            (~m[1:-1, 2:], 1, 0),     # right edge: south from the top-right corner
+            (~m[2:, 1:-1], 1, 1),     # bottom edge: west from the bottom-right corner
+            (~m[1:-1, :-2], 0, 1))):  # left edge: north from the bottom-left corner
+        for r, c in zip(*np.nonzero(inner & outside)):
+            ways_on.setdefault((int(c) + dx, int(r) + dy), []).append(d)
+    polygons = []
+    for start in sorted(ways_on):
+        while ways_on[start]:
+            loop, point, d = [], start, ways_on[start].pop(0)
+            while True:
+                loop.append((point, d))
+                point = (point[0] + _STEPS[d][0], point[1] + _STEPS[d][1])
+                out = ways_on[point]
+                if not out:
+                    break  # back at the start
+                # Two ways on only at a corner shared by two diagonal pixels: turn right, around
+                # the same pixel, so diagonal neighbours get separate polygons that never cross.
+                d = next(turn for turn in ((d + 1) % 4, d, (d + 3) % 4) if turn in out)
+                out.remove(d)
+            corners = [p for k, (p, d) in enumerate(loop) if d != loop[k - 1][1]]
+            xs, ys = np.array(corners, dtype=np.float64).T
+            if np.dot(xs, np.roll(ys, -1)) < np.dot(ys, np.roll(xs, -1)):
+                return None  # a counter-clockwise loop: a hole
+            polygons.append([float(v) for p in corners for v in p])
+    return polygons
 
 
 def _box_area(rle):
@@ -252,14 +314,11 @@ def _draw_shapes_image(rng, h, w, empty, crowd):
     if crowd:
         crowd_mask = _crowd_of_shapes(rng, h, w, img)
         if crowd_mask is not None:
-            rle = mask_util.encode(np.asfortranarray(crowd_mask))
-            bbox, area = _box_area(rle)
-            instances.append({"category_id": 2, "bbox": bbox, "area": area, "iscrowd": 1,
-                              "segmentation": _rle_json(crowd_mask)})
+            instances.append({"category_id": 2, **_crowd_annotation(crowd_mask, h, w)})
             ys, xs = np.nonzero(crowd_mask)
             blocked[max(ys.min() - 4, 0):ys.max() + 5, max(xs.min() - 4, 0):xs.max() + 5] = True
 
-    objects = []  # (category_id, polygon, full mask, visible mask)
+    objects = []  # [category_id, full mask, visible mask, polygons of the visible mask]
     for _ in range(0 if empty else int(rng.integers(1, 5))):
         category_id = SHAPE_CATEGORIES[int(rng.integers(len(SHAPE_CATEGORIES)))][0]
         for _attempt in range(20):
@@ -270,28 +329,27 @@ def _draw_shapes_image(rng, h, w, empty, crowd):
             poly = _flat(pts)
             mask = mask_util.decode(_poly_rle([poly], h, w)).astype(bool)
             # Partial occlusion is fine; hiding most of an earlier shape is not.
-            if (mask & blocked).any() or any((vis & ~mask).sum() < 0.7 * full.sum() for _, _, full, vis in objects):
+            if (mask & blocked).any() or any((vis & ~mask).sum() < 0.7 * full.sum() for _, full, vis, _ in objects):
                 continue
-            for obj in objects:
-                obj[3] &= ~mask
-            objects.append([category_id, poly, mask, mask.copy()])
+            # An occluded shape is annotated with the outer boundaries of its visible part.
+            # COCO polygons cannot express a hole, and a polygon around one would claim the
+            # occluder's pixels too (up to 30% of the shape), so a placement that would leave
+            # a hole in an earlier shape (e.g. this one inside it) is retried like any other misfit.
+            occluded = {k: _mask_polygons(obj[2] & ~mask) for k, obj in enumerate(objects) if (obj[2] & mask).any()}
+            if any(polygons is None for polygons in occluded.values()):
+                continue
+            for k, polygons in occluded.items():
+                objects[k][2:] = [objects[k][2] & ~mask, polygons]
+            objects.append([category_id, mask, mask.copy(), [poly]])
             break
 
-    for category_id, poly, full, visible in objects:
+    for category_id, full, _, _ in objects:
         color = np.asarray(SHAPE_COLORS[category_id]) + rng.integers(-25, 26, size=3)
         _paint(img, full, color, rng)  # later shapes overwrite earlier ones: occlusion
-    for category_id, poly, full, visible in objects:
-        if visible.sum() == full.sum():
-            segmentation = [poly]
-            rle = _poly_rle(segmentation, h, w)
-        else:
-            # An occluded shape's visible part is not a polygon we can write
-            # exactly, so it gets an (iscrowd=0) RLE, as COCO allows.
-            segmentation = _rle_json(visible)
-            rle = mask_util.encode(np.asfortranarray(visible.astype(np.uint8)))
-        bbox, area = _box_area(rle)
+    for category_id, _, _, polygons in objects:
+        bbox, area = _box_area(_poly_rle(polygons, h, w))
         instances.append({"category_id": category_id, "bbox": bbox, "area": area, "iscrowd": 0,
-                          "segmentation": segmentation})
+                          "segmentation": polygons})
     return _finish(img), instances
 
 
@@ -398,10 +456,7 @@ def _draw_keypoints_image(rng, h, w, empty, crowd):
             head, body = np.clip(head + shift, 1, [w - 1, h - 1]), [np.clip(b + shift, 1, [w - 1, h - 1]) for b in body]
             polys = _draw_figure(img, rng, h, w, head, body)
             union |= mask_util.decode(_poly_rle(polys, h, w))
-        rle = mask_util.encode(np.asfortranarray(union))
-        bbox, area = _box_area(rle)
-        instances.append({"category_id": 1, "bbox": bbox, "area": area, "iscrowd": 1,
-                          "segmentation": _rle_json(union), "num_keypoints": 0, "keypoints": [0] * 51})
+        instances.append({"category_id": 1, **_crowd_annotation(union, h, w), "num_keypoints": 0, "keypoints": [0] * 51})
         ys, xs = np.nonzero(union)
         occupied[max(ys.min() - 4, 0):ys.max() + 5, max(xs.min() - 4, 0):xs.max() + 5] = True
 
