@@ -123,6 +123,12 @@ _C.TEST.DETECTIONS_PER_IMAGE = 100
 _C.TEST.EVALUATOR_BACKEND = "pycocotools"
 # Per-keypoint OKS sigmas; empty means COCO's 17.
 _C.TEST.KEYPOINT_OKS_SIGMAS = []
+# Recompute BatchNorm statistics over NUM_ITER training batches before each evaluation
+# (detectron2's PreciseBN). Always done for optimizers that evaluate other weights than
+# they train (schedule-free: OptimizerSpec.bn_stats_at_eval_weights).
+_C.TEST.PRECISE_BN = CN()
+_C.TEST.PRECISE_BN.ENABLED = False
+_C.TEST.PRECISE_BN.NUM_ITER = 200
 
 _C.OUTPUT_DIR = "./output"
 # Negative means a random seed, logged so the run can be repeated.

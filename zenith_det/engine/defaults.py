@@ -36,6 +36,7 @@ from ..utils.logger import setup_logger
 from ..utils.rng import rng_state, seed_all_rng, set_rng_state
 from . import hooks
 from .checkpoint import AtomicCheckpointer
+from .precise_bn import recompute_bn_stats
 from .preemption import preemption_signals
 from .resume import resume_config, saved_config
 from .run_lock import acquire_run_lock
@@ -221,7 +222,8 @@ class Trainer(SimpleTrainer):
     def build_hooks(self):
         cfg = self.cfg
         eval_hook = hooks.EvalHook(
-            cfg.TEST.EVAL_PERIOD, cfg.TEST.EVAL_PERIOD_MINUTES, lambda: evaluate(self.cfg, self.model), self.signals
+            cfg.TEST.EVAL_PERIOD, cfg.TEST.EVAL_PERIOD_MINUTES, lambda: evaluate(self.cfg, self.model_to_evaluate()),
+            self.signals,
         ) if cfg.DATASETS.TEST else None
         writers = []
         if comm.is_main_process():
@@ -239,6 +241,19 @@ class Trainer(SimpleTrainer):
             eval_hook,
             hooks.PeriodicWriter(writers, cfg.LOG_PERIOD) if writers else None,
         ]
+
+    def model_to_evaluate(self) -> torch.nn.Module:
+        """The evaluation weights (averaged iterates, schedule-free's x) with BatchNorm
+        statistics recomputed for them where the method or TEST.PRECISE_BN asks."""
+        model = self.evaluation_model()
+        precise = self.cfg.TEST.PRECISE_BN
+        if precise.ENABLED or self.optimizer_spec.bn_stats_at_eval_weights:
+            # A loader of its own from iteration 0: the same batches every time, and the
+            # training stream is not consumed.
+            batches = build_detection_train_loader(self.cfg, start_iter=0)
+            used = recompute_bn_stats(model, batches, precise.NUM_ITER)
+            logger.info("BatchNorm statistics recomputed at the evaluation weights over %d batches", used)
+        return model
 
     @property
     def preempted(self) -> bool:

@@ -168,6 +168,9 @@ class SimpleTrainer(TrainerBase):
         self.optimizer_spec = spec
         self._needs_loss = spec.needs_loss_closure
         self._switches_weights = spec.has_eval_weights
+        # DoG is evaluated at its iterate average, kept beside the model (spec.iterate_averager).
+        unwrapped = model.module if hasattr(model, "module") else model  # DDP
+        self.averager = spec.iterate_averager(unwrapped) if spec.iterate_averager is not None else None
         if self._needs_loss and self.grad_scaler is not None:
             raise UserError(
                 f"SOLVER.OPTIMIZER {spec.name} needs the loss in step(closure), which "
@@ -200,6 +203,12 @@ class SimpleTrainer(TrainerBase):
         """
         if self._switches_weights:
             self.optimizer.eval()
+
+    def evaluation_model(self) -> torch.nn.Module:
+        """The model to evaluate: the averaged one where the method averages its iterates,
+        else the trainer's model holding its evaluation weights (`use_eval_weights`)."""
+        self.use_eval_weights()
+        return self.averager.averaged_model if self.averager is not None else self.model
 
     def run_step(self):
         if self._switches_weights:
@@ -242,6 +251,8 @@ class SimpleTrainer(TrainerBase):
                 self.optimizer.step(lambda: float(losses.detach()))
             else:
                 self.optimizer.step()
+        if self.averager is not None:
+            self.averager.step()
         self.storage.put_scalar("total_loss", losses)
         for name, value in loss_dict.items():
             self.storage.put_scalar(name, value)
@@ -276,6 +287,8 @@ class SimpleTrainer(TrainerBase):
         state["optimizer"] = self.optimizer.state_dict()
         if self.grad_scaler is not None:
             state["grad_scaler"] = self.grad_scaler.state_dict()
+        if self.averager is not None:
+            state["averager"] = self.averager.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -292,6 +305,8 @@ class SimpleTrainer(TrainerBase):
             group.update(settings)
         if self.grad_scaler is not None and "grad_scaler" in state:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
+        if self.averager is not None:
+            self.averager.load_state_dict(state["averager"])
 
 
 # Parameter-group keys that come from the config (SOLVER.*), not from training.

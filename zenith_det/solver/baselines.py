@@ -18,7 +18,10 @@ Two needs beyond ``step()`` are spec fields the trainer honours:
   the (already computed) loss as a Python float (ALI-G).
 * ``has_eval_weights`` (schedule-free): ``optimizer.train()`` before each training
   step, ``optimizer.eval()`` before evaluation and before saving a checkpoint, so
-  both see the averaged weights.
+  both see the averaged weights; with ``bn_stats_at_eval_weights`` the BatchNorm
+  statistics are recomputed at those weights before each evaluation.
+* ``iterate_averager`` (DoG, LDoG): the package's own averager runs beside the
+  optimizer and its averaged weights are the ones evaluated, as the authors use it.
 
 Each spec's `read_effective_lr` reads the step size the method actually uses
 (D-Adapt's d, DoG's eta, ...); `OptimizerSpec.effective_lr(optimizer)` calls it for
@@ -42,7 +45,16 @@ DOG_REPS_REL = 1e-4
 # The automatic methods carry their own step size: after warmup, a constant schedule.
 _AUTOMATIC = dict(lr_schedule="WarmupConstantLR", extra=EXTRA)
 _PYTORCH_OPTIMIZER = dict(package="pytorch-optimizer", module="pytorch_optimizer", **_AUTOMATIC)
-_DOG = dict(package="dog-optimizer", module="dog", preset_lr=1.0, **_AUTOMATIC)
+def _dog_averager(model):
+    """DoG's authors evaluate the polynomial-decay average of the iterates (their
+    `PolynomialDecayAverager`, gamma 8 as in their examples), not the last iterate."""
+    import dog
+
+    return dog.PolynomialDecayAverager(model, gamma=DOG_AVERAGER_GAMMA)
+
+
+DOG_AVERAGER_GAMMA = 8.0
+_DOG = dict(package="dog-optimizer", module="dog", preset_lr=1.0, iterate_averager=_dog_averager, **_AUTOMATIC)
 
 
 # ---------------------------------------------------------------- effective step sizes
@@ -146,7 +158,8 @@ def ALIG(cfg, params):
 
 
 @register_optimizer(
-    preset_lr_factor=10.0, has_eval_weights=True, package="schedulefree", module="schedulefree", **_AUTOMATIC
+    preset_lr_factor=10.0, has_eval_weights=True, bn_stats_at_eval_weights=True, package="schedulefree",
+    module="schedulefree", **_AUTOMATIC
 )
 def SCHEDULEFREE_SGD(cfg, params):
     """Schedule-free SGD (Defazio et al. 2024), the reference `schedulefree.SGDScheduleFree`.
@@ -155,15 +168,15 @@ def SCHEDULEFREE_SGD(cfg, params):
     authors suggest 10-50x a classical SGD lr (the preset: 10x the config's).
     Warmup comes from SOLVER.WARMUP_ITERS through the schedule (its averaging
     weights follow the scheduled lr, as with its own warmup_steps). The trainer
-    calls train()/eval() around evaluation and checkpoints.
-    Caveat: BatchNorm statistics are those of the training point y, not of the averaged x.
+    calls train()/eval() around evaluation and checkpoints, and recomputes the BatchNorm
+    statistics at the averaged point x before each evaluation (they were gathered at y).
     """
     import schedulefree as sf
 
     return sf.SGDScheduleFree(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
 
 
-@register_optimizer(preset_lr_factor=10.0, has_eval_weights=True, **_PYTORCH_OPTIMIZER)
+@register_optimizer(preset_lr_factor=10.0, has_eval_weights=True, bn_stats_at_eval_weights=True, **_PYTORCH_OPTIMIZER)
 def SCHEDULEFREE_SGD_PO(cfg, params):
     """Schedule-free SGD from `pytorch_optimizer.ScheduleFreeSGD`; BASE_LR as in SCHEDULEFREE_SGD."""
     import pytorch_optimizer as po
@@ -177,8 +190,8 @@ def DOG(cfg, params):
 
     BASE_LR is c (1.0 recommended; the package warns otherwise); reps_rel is 1e-4
     (the authors' value for BatchNorm models); the groups' weight decay is added to
-    the gradient. No momentum. The authors pair it with iterate averaging, which is
-    not used here (we evaluate the last iterate).
+    the gradient. No momentum. Evaluated at its iterate average (`_dog_averager`),
+    the way its authors use it.
     """
     import dog
 

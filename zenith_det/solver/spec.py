@@ -89,6 +89,12 @@ class OptimizerSpec:
     read_effective_lr: ``optimizer -> float`` reading the step size the method actually
         takes (for logging, at the log period: it may read the device); None where the
         method has no single step size (`effective_lr` then returns None).
+    iterate_averager: ``model -> averager`` for a method its authors pair with iterate
+        averaging (DoG): the trainer calls ``averager.step()`` after every update, saves
+        ``averager.state_dict()`` with the run, and evaluates ``averager.averaged_model``.
+    bn_stats_at_eval_weights: the BatchNorm running statistics gathered in training do
+        not belong to the evaluation weights (schedule-free's averaged point): the trainer
+        recomputes them there before each evaluation (TEST.PRECISE_BN.NUM_ITER batches).
     has_lr: False where the method has no learning rate: SOLVER.BASE_LR and the
         schedule are ignored (DoWG, COCOB).
     preset_lr: the SOLVER.BASE_LR its authors recommend (1.0 for the automatic
@@ -107,6 +113,8 @@ class OptimizerSpec:
     needs_loss_closure: bool = False
     has_eval_weights: bool = False
     read_effective_lr: Optional[Callable[[torch.optim.Optimizer], Optional[float]]] = scheduled_lr
+    iterate_averager: Optional[Callable[[torch.nn.Module], object]] = None
+    bn_stats_at_eval_weights: bool = False
     has_lr: bool = True
     preset_lr: Optional[float] = None
     preset_lr_factor: float = 1.0

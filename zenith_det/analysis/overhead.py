@@ -1,0 +1,115 @@
+"""Each arm's cost per training iteration, measured side by side in interleaved blocks.
+
+Equal iterations is the race's fair comparison on a noisy machine; what an
+iteration costs each optimizer is measured here, apart from the race and in one
+process: every arm gets its own copy of the model and the same fixed batch, and
+the arms take turns, one block of iterations each, round after round, so a change
+in the machine's load hits them alike. The spread of the per-round ratios is the
+noise a ratio has to clear.
+"""
+import os
+import statistics
+import time
+from typing import Dict
+
+
+def _arm_state(cfg):
+    from ..data import metadata_from_cfg
+    from ..engine.train_loop import SimpleTrainer
+    from ..modeling import build_model
+    from ..solver import build_optimizer, optimizer_spec
+
+    model = build_model(cfg, metadata_from_cfg(cfg))
+    optimizer = build_optimizer(cfg, model)
+    # SimpleTrainer gives the optimizer what its spec needs (loss closure, train()/eval()
+    # switching, iterate averaging) exactly as in training.
+    trainer = SimpleTrainer(model, None, optimizer, spec=optimizer_spec(cfg))
+    return trainer
+
+
+def measure_iteration_costs(configs: Dict[str, object], rounds: int = 5, block: int = 4) -> Dict[str, dict]:
+    """{arm: {"iteration_seconds": [per round], "step_seconds": [per round]}} for each config
+    (a frozen CfgNode per arm): mean seconds per training iteration (forward, backward,
+    step) and per optimizer step (the step, its closure and averaging) in each round."""
+    from ..data import build_detection_train_loader
+
+    first = next(iter(configs.values()))
+    images, targets = next(iter(build_detection_train_loader(first)))
+    trainers = {name: _arm_state(cfg) for name, cfg in configs.items()}
+    out = {name: {"iteration_seconds": [], "step_seconds": []} for name in configs}
+    for r in range(rounds + 1):  # round 0 warms up every arm and is not kept
+        for name, trainer in trainers.items():
+            step_time, start = 0.0, time.perf_counter()
+            for _ in range(block):
+                step_time += _one_iteration(trainer, images, targets)
+            if r:
+                out[name]["iteration_seconds"].append((time.perf_counter() - start) / block)
+                out[name]["step_seconds"].append(step_time / block)
+    return out
+
+
+def _one_iteration(trainer, images, targets) -> float:
+    """One training iteration on a fixed batch; returns the seconds of its optimizer step."""
+    model, optimizer, spec = trainer.model, trainer.optimizer, trainer.optimizer_spec
+    if spec.has_eval_weights:
+        optimizer.train()
+    model.train()
+    losses = sum(model(images, targets).values())
+    optimizer.zero_grad(set_to_none=True)
+    losses.backward()
+    start = time.perf_counter()
+    if spec.needs_loss_closure:
+        optimizer.step(lambda: float(losses.detach()))
+    else:
+        optimizer.step()
+    if trainer.averager is not None:
+        trainer.averager.step()
+    return time.perf_counter() - start
+
+
+def ratio_summary(costs: Dict[str, dict], peer: str, key: str) -> Dict[str, dict]:
+    """Per arm: median seconds, and its ratio to `peer` round by round (median, min, max)."""
+    ref = costs[peer][key]
+    out = {}
+    for name, c in costs.items():
+        ratios = [a / b for a, b in zip(c[key], ref) if b > 0]
+        out[name] = {"median_seconds": statistics.median(c[key]), "ratio_median": statistics.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    return out
+
+
+def within_noise(summary: dict) -> bool:
+    """A ratio whose round-to-round range covers 1: the two cost the same within the noise."""
+    return summary["ratio_min"] <= 1.0 <= summary["ratio_max"]
+
+
+def measure_suite_costs(suite, out: str, rounds: int = 5, block: int = 4, threads: int = 1, extra=(), log=print) -> dict:
+    """The per-iteration cost of each arm of the suite's main comparison (seed 0's config),
+    with `threads` torch threads (a race run's share of the cores), written to
+    OUT/costs.json; the peer is the reference arm."""
+    import torch
+
+    from ..config import load_config
+    from ..utils.fileio import atomic_write_json
+    from .race import COSTS, run_options
+
+    arms = [a for a in suite.arms if a.group == "main"]
+    configs = {}
+    for arm in arms:
+        opts = run_options(suite, arm, suite.seeds[0], out, extra)
+        cfg = load_config(arm.config, opts)
+        cfg.defrost()
+        cfg.MODEL.DEVICE, cfg.DATALOADER.NUM_WORKERS = "cpu" if not torch.cuda.is_available() else cfg.MODEL.DEVICE, 0
+        cfg.freeze()
+        configs[arm.name] = cfg
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    log(f"[race] cost per iteration of {len(configs)} arms, {rounds} interleaved rounds of {block} iterations, {threads} thread(s)")
+    try:
+        costs = measure_iteration_costs(configs, rounds=rounds, block=block)
+    finally:
+        torch.set_num_threads(saved)
+    result = {"rounds": rounds, "block": block, "threads": threads, "peer": suite.reference, "costs": costs}
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(result, os.path.join(out, COSTS), indent=1)
+    return result

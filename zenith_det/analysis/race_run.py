@@ -1,0 +1,118 @@
+"""One run of a race, in its own process (started by `analysis.race.run_suite`).
+
+    python -m zenith_det.analysis.race_run CONFIG [--resume] -- KEY VALUE ...
+    python -m zenith_det.analysis.race_run --sharpness CHECKPOINT OUT.json BATCHES ITERS
+
+Trains CONFIG with the options through the ordinary Trainer plus the race's probe
+hook, then writes race_stats.json (or race_failed.json) into OUTPUT_DIR.
+Exit codes as tools/train_net.py: 0, 2 bad input, 3 diverged, 75 preempted.
+"""
+import os
+import sys
+import time
+from typing import List
+
+from .. import exit_codes
+from .probes import SYNC_START, SYNC_STEPS, num_params, optimizer_state_bytes, peak_memory, race_probe_class
+from .race import FAILED, STATS
+
+
+def train_one(config: str, opts: List[str], resume: bool) -> int:
+    import torch
+
+    from ..config import load_config
+    from ..engine import Trainer, default_setup, hooks
+    from ..solver import lr_schedule_name
+    from ..utils.fileio import atomic_write_json
+
+    torch.set_num_threads(int(os.environ.get("ZENITH_RACE_THREADS", torch.get_num_threads())))
+    cfg = load_config(config, opts)
+    default_setup(cfg, resume=resume)
+    cfg.freeze()
+    probe_class = race_probe_class()
+
+    class RaceTrainer(Trainer):
+        def build_hooks(self):
+            built = super().build_hooks()
+            self.probe = probe_class(cfg.LOG_PERIOD, SYNC_START, SYNC_STEPS)
+            # before the writer, so what it logs at an iteration is written with it
+            at = next((i for i, h in enumerate(built) if isinstance(h, hooks.PeriodicWriter)), len(built))
+            return built[:at] + [self.probe] + built[at:]
+
+    started = time.perf_counter()
+    trainer = RaceTrainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    status, error = "ok", None
+    try:
+        trainer.train()
+    except FloatingPointError as e:
+        status, error = "diverged", str(e)
+    if trainer.preempted:
+        return exit_codes.PREEMPTED  # checkpointed; the next invocation resumes it
+    times = trainer.storage.history("time").values() if trainer.storage is not None else []
+    step_times = sorted(v for v, _ in times)
+    mem, mem_kind = peak_memory()
+    syncs = trainer.probe.sync_counter.counts if trainer.probe.sync_counter is not None else []
+    stats = {
+        "status": status,
+        "error": error,
+        "optimizer": cfg.SOLVER.OPTIMIZER,
+        "optimizer_class": type(trainer.optimizer).__name__,
+        "schedule": lr_schedule_name(cfg),
+        "base_lr": cfg.SOLVER.BASE_LR,
+        "weight_decay": cfg.SOLVER.WEIGHT_DECAY,
+        "window": cfg.SOLVER.ZENITH.WINDOW,
+        "start": cfg.SOLVER.ZENITH.START,
+        "seed": cfg.SEED,
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "budget_hours": cfg.SOLVER.MAX_TIME_HOURS,
+        "iterations": trainer.iter,
+        "stop_reason": trainer.stop_reason or ("max_iter" if status == "ok" else status),
+        "wall_seconds": trainer.clock.elapsed(),
+        "process_seconds_this_session": time.perf_counter() - started,
+        "step_seconds_median": step_times[len(step_times) // 2] if step_times else None,
+        "peak_memory_bytes": mem,
+        "peak_memory_kind": mem_kind,
+        "state_bytes": optimizer_state_bytes(trainer.optimizer),
+        "num_params": num_params(trainer.optimizer),
+        "syncs_per_step": syncs,
+        "sync_steps_from": trainer.probe.sync_start,
+        "device": str(trainer.device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    stats["state_bytes_per_param"] = stats["state_bytes"] / max(stats["num_params"], 1)
+    atomic_write_json(stats, os.path.join(cfg.OUTPUT_DIR, STATS if status == "ok" else FAILED), indent=1)
+    return exit_codes.OK if status == "ok" else exit_codes.DIVERGED
+
+
+def sharpness_one(checkpoint: str, out: str, num_batches: int, iters: int) -> int:
+    import torch
+
+    from ..utils.fileio import atomic_write_json
+    from .sharpness import checkpoint_sharpness
+
+    torch.set_num_threads(int(os.environ.get("ZENITH_RACE_THREADS", torch.get_num_threads())))
+    atomic_write_json(checkpoint_sharpness(checkpoint, num_batches, iters), out, indent=1)
+    return exit_codes.OK
+
+
+def main(argv=None) -> int:
+    from types import SimpleNamespace
+
+    from ..utils.cli import run_guarded
+
+    args = SimpleNamespace(debug=bool(os.environ.get("ZENITH_DEBUG")))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--sharpness"]:
+        ckpt, out, batches, iters = argv[1:5]
+        return run_guarded(lambda _: sharpness_one(ckpt, out, int(batches), int(iters)), args)
+    config, rest = argv[0], argv[1:]
+    resume = rest[:1] == ["--resume"]
+    rest = rest[1:] if resume else rest
+    opts = rest[1:] if rest[:1] == ["--"] else rest
+    return run_guarded(lambda _: train_one(config, opts, resume), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""BatchNorm statistics recomputed at the weights about to be evaluated (detectron2's PreciseBN).
+
+Running statistics are gathered while the weights move, and for methods that
+evaluate other weights than they train (schedule-free's averaged point) they
+belong to the wrong weights altogether. fvcore's `update_bn_stats` recomputes the
+true average over fixed weights; this module feeds it training batches.
+"""
+import itertools
+
+import torch
+from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
+
+from ..utils.rng import rng_state, set_rng_state
+
+
+class _TrainingForward(torch.nn.Module):
+    """model(images, targets) on one (images, targets) batch: a detection model needs its
+    targets in training mode, where BatchNorm uses (and records) the batch statistics."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.model, self.device = model, device
+
+    def forward(self, batch):
+        images, targets = batch
+        images = [img.to(self.device) for img in images]
+        targets = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        return self.model(images, targets)
+
+
+def recompute_bn_stats(model: torch.nn.Module, batches, num_batches: int) -> int:
+    """Replace `model`'s BatchNorm running statistics by their average over `num_batches`
+    batches of `batches` (an iterable of (images, targets)); returns the batches used.
+
+    The model's weights, its training/eval mode and the global RNG (the heads sample
+    proposals in training mode) are left as they were, so a run that recomputes the
+    statistics draws the same training stream as one that does not.
+    """
+    model = model.module if hasattr(model, "module") else model  # DDP: each rank its own, as in training
+    was_training = model.training
+    model.train()
+    if not get_bn_modules(model):
+        model.train(was_training)
+        return 0
+    saved = rng_state()
+    try:
+        device = next(model.parameters()).device
+        update_bn_stats(_TrainingForward(model, device), itertools.islice(batches, num_batches), num_batches)
+    finally:
+        set_rng_state(saved)
+        model.train(was_training)
+    return num_batches
