@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from zenith_det import Zenith, ZenithScheduler
+from zenith_det.solver import global_grad_norm, norm_history
 from zenith_det.utils import torch_internals
 
 
@@ -26,6 +27,14 @@ def sgd_path(request, monkeypatch):
     monkeypatch.setattr(torch, "_fused_sgd_", no_kernel)
     with torch_internals.force_public("fused_sgd"):
         yield "public"
+
+
+@pytest.fixture(params=["dot", "foreach_norm"])
+def norm_path(request, monkeypatch):
+    """Run a test on both ways the CPU norm is taken: every float32/64 gradient through
+    `torch.dot` (as the large ones are), or all of them through one `_foreach_norm`."""
+    monkeypatch.setattr(norm_history, "_MIN_DOT_NUMEL", 1 if request.param == "dot" else 2**62)
+    return request.param
 
 
 class ReferenceZenith:
@@ -97,7 +106,7 @@ def _grad_scale(t):
 
 
 @pytest.mark.parametrize("start", ["partial", "full", "after_warmup"])
-def test_matches_reference_over_start_and_wraparound(sgd_path, start):
+def test_matches_reference_over_start_and_wraparound(sgd_path, start, norm_path):
     window = 7
     init = _make_params(0)
     params = [[p.clone().requires_grad_(True) for p in group] for group in init]
@@ -169,7 +178,7 @@ def test_group_lr_ratios_preserved_and_outer_scheduler_composes():
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
-def test_nonfinite_gradient_skips_the_whole_step(bad, sgd_path):
+def test_nonfinite_gradient_skips_the_whole_step(bad, sgd_path, norm_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     opt = Zenith(model.parameters(), lr=0.1, window=4)
@@ -216,7 +225,7 @@ def _train(opt_factory, steps, state=None):
     return model, opt
 
 
-def test_state_dict_round_trip_resumes_bit_identically(tmp_path):
+def test_state_dict_round_trip_resumes_bit_identically(tmp_path, norm_path):
     factory = lambda m: Zenith(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, window=5)
     model, opt = _train(factory, 12)
     path = tmp_path / "ckpt.pt"
@@ -264,7 +273,7 @@ def _host_syncs_forbidden():
             setattr(torch.Tensor, n, f)
 
 
-def test_step_makes_no_host_sync(sgd_path):
+def test_step_makes_no_host_sync(sgd_path, norm_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     opt = Zenith(
@@ -395,6 +404,33 @@ def test_converges_on_logistic_regression():
     assert loss.item() < 0.25 * first
 
 
+def test_global_grad_norm_takes_large_grads_through_dot_and_matches_float64(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    big = torch.randn(300, 1000, generator=gen)  # over _MIN_DOT_NUMEL, contiguous: torch.dot
+    grads = [
+        big,
+        torch.randn(1000, 300, generator=gen).t(),  # large but not contiguous: _foreach_norm
+        torch.randn(70_000, generator=gen, dtype=torch.float64),  # float64 dot
+        torch.randn(100_000, generator=gen).to(torch.bfloat16),  # low precision: _foreach_norm(dtype=float32)
+        torch.randn(5, 3, generator=gen),  # small: _foreach_norm
+        torch.randn((), generator=gen),
+    ]
+    dotted = []
+    real_dot = torch.dot
+    monkeypatch.setattr(torch, "dot", lambda a, b: dotted.append(a.numel()) or real_dot(a, b))
+    norm = global_grad_norm(grads, "cpu")
+    assert sorted(dotted) == [70_000, 300_000]
+    exact = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+    assert norm.dtype == torch.float32 and norm.shape == ()
+    assert norm.item() == pytest.approx(exact, rel=1e-6)
+    # Non-finite values anywhere come out non-finite.
+    for bad in (float("inf"), float("nan")):
+        spoilt = big.clone()
+        spoilt[7, 7] = bad
+        assert not torch.isfinite(global_grad_norm([spoilt] + grads[1:], "cpu"))
+    assert global_grad_norm([], "cpu").item() == 0.0
+
+
 def test_bf16_norm_accumulates_in_float32(sgd_path):
     p = torch.zeros(4096, dtype=torch.bfloat16, requires_grad=True)
     p.grad = torch.full((4096,), 0.01, dtype=torch.bfloat16)
@@ -405,7 +441,7 @@ def test_bf16_norm_accumulates_in_float32(sgd_path):
     assert opt.last_grad_norm().item() == pytest.approx(exact, rel=1e-6)
 
 
-def test_grad_scaler_norm_is_unscaled_and_inf_steps_do_not_enter_the_window(sgd_path):
+def test_grad_scaler_norm_is_unscaled_and_inf_steps_do_not_enter_the_window(sgd_path, norm_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     opt = Zenith(model.parameters(), lr=0.1, window=10)

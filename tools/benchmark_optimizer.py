@@ -2,11 +2,15 @@
 """Step cost of Zenith against torch SGD (foreach and fused), and ZenithScheduler on AdamW.
 
 One process, the parameter set of torchvision's maskrcnn_resnet50_fpn (44.45M
-parameters), random gradients. Steps are interleaved round-robin and the median
-of each is reported, so drift in machine load hits every optimizer alike. On
-CUDA the steps are timed with CUDA events.
+parameters), random gradients, the SGD rows once per --weight-decay value. Steps
+are interleaved round-robin and the median of each is reported, so drift in
+machine load hits every optimizer alike. Each row's ratio is to its named peer
+(SGD(fused) with the same weight decay; AdamW(fused) for the AdamW rows), and
+"spread" is the lowest and highest ratio over --blocks consecutive blocks of
+rounds: a difference inside that range is noise. On CUDA the steps are timed
+with CUDA events.
 
-    python tools/benchmark_optimizer.py                # CPU
+    python tools/benchmark_optimizer.py                # CPU, weight decay 1e-4 and 0
     python tools/benchmark_optimizer.py --device cuda  # GPU, also checks no sync
 """
 import argparse
@@ -25,22 +29,24 @@ def detection_params(device):
     return [p.detach().to(device) for p in model.parameters() if p.requires_grad]
 
 
-def make_optimizers(template, device):
+def make_optimizers(template, device, weight_decays):
+    """{row name: (optimizer, peer row name)}, and the ZenithScheduler."""
     def clone():
         params = [torch.nn.Parameter(p.clone()) for p in template]
         for p in params:
             p.grad = torch.randn_like(p)
         return params
 
-    hp = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
-    opts = {
-        "SGD(foreach)": torch.optim.SGD(clone(), foreach=True, **hp),
-        "SGD(fused)": torch.optim.SGD(clone(), fused=True, **hp),
-        "Zenith": Zenith(clone(), window=500, **hp),
-        "AdamW(fused)": torch.optim.AdamW(clone(), lr=1e-4, weight_decay=1e-4, fused=True),
-    }
+    opts = {}
+    for wd in weight_decays:
+        hp = dict(lr=0.02, momentum=0.9, weight_decay=wd)
+        peer = f"SGD(fused) wd={wd:g}"
+        opts[f"SGD(foreach) wd={wd:g}"] = (torch.optim.SGD(clone(), foreach=True, **hp), peer)
+        opts[peer] = (torch.optim.SGD(clone(), fused=True, **hp), peer)
+        opts[f"Zenith wd={wd:g}"] = (Zenith(clone(), window=500, **hp), peer)
+    opts["AdamW(fused)"] = (torch.optim.AdamW(clone(), lr=1e-4, weight_decay=1e-4, fused=True), "AdamW(fused)")
     adamw = torch.optim.AdamW(clone(), lr=1e-4, weight_decay=1e-4, fused=True)
-    opts["AdamW(fused)+ZenithScheduler"] = adamw
+    opts["AdamW(fused)+ZenithScheduler"] = (adamw, "AdamW(fused)")
     scheduler = ZenithScheduler(adamw, window=500)
     return opts, scheduler
 
@@ -112,10 +118,24 @@ def check_no_sync(opt, device):
     return "none (torch.cuda.set_sync_debug_mode('error') passed)"
 
 
+def ratio_and_spread(times, name, peer, blocks):
+    """Median step time of `name` over that of `peer`, and its (lowest, highest) over blocks of rounds."""
+    ratio = statistics.median(times[name]) / statistics.median(times[peer])
+    size = max(1, len(times[name]) // blocks)
+    per_block = [
+        statistics.median(times[name][i:i + size]) / statistics.median(times[peer][i:i + size])
+        for i in range(0, size * blocks, size)
+        if times[name][i:i + size]
+    ]
+    return ratio, min(per_block), max(per_block)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--blocks", type=int, default=5, help="the spread of a ratio is taken over this many blocks of rounds")
+    parser.add_argument("--weight-decay", type=float, nargs="+", default=[1e-4, 0.0], help="one set of SGD rows each")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (this project's machines have 2)")
     parser.add_argument("--fwd-bwd-reps", type=int, default=2, help="0 skips the forward+backward measurement")
     args = parser.parse_args()
@@ -124,52 +144,53 @@ def main():
 
     template = detection_params(device)
     n_params = sum(p.numel() for p in template)
-    opts, scheduler = make_optimizers(template, device)
+    opts, scheduler = make_optimizers(template, device, args.weight_decay)
     del template
     time_it = timer(device)
-    for opt in opts.values():  # first steps allocate state
+    for opt, _ in opts.values():  # first steps allocate state
         opt.step()
-    steps = {name: opt.step for name, opt in opts.items()}
+    steps = {name: opt.step for name, (opt, _) in opts.items()}
+    peers = {name: peer for name, (_, peer) in opts.items()}
     # Zenith's two additions to a fused SGD step, timed alone.
-    zenith_grads = [p.grad for g in opts["Zenith"].param_groups for p in g["params"]]
+    first_zenith = next(opt for opt, _ in opts.values() if isinstance(opt, Zenith))
+    zenith_grads = [p.grad for g in first_zenith.param_groups for p in g["params"]]
     steps["  part: global grad norm"] = lambda: global_grad_norm(zenith_grads, device)
     part_history = NormHistory(500, device)
     steps["  part: NormHistory.update"] = lambda: part_history.update(torch.ones((), device=device))
+    for name in steps:
+        peers.setdefault(name, f"SGD(fused) wd={args.weight_decay[0]:g}")
     times = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():
             times[name].append(time_it(step))
     med = {name: statistics.median(t) for name, t in times.items()}
-    sync = check_no_sync(opts["Zenith"], device)
+    sync = check_no_sync(first_zenith, device)
     fwd_bwd = forward_backward_seconds(device, args.fwd_bwd_reps) if args.fwd_bwd_reps > 0 else None
 
-    sgd_state = state_bytes(opts["SGD(foreach)"])
-    adam_state = state_bytes(opts["AdamW(fused)"])
-    print(f"device={device} threads={args.threads} params={n_params / 1e6:.2f}M rounds={args.rounds}")
-    header = f"{'optimizer':32s} {'step ms':>9s} {'/SGD(foreach)':>14s} {'/SGD(fused)':>12s} {'extra B/param':>14s} {'global B':>9s}"
+    sgd_state = state_bytes(opts[f"SGD(foreach) wd={args.weight_decay[0]:g}"][0])
+    adam_state = state_bytes(opts["AdamW(fused)"][0])
+    print(f"device={device} threads={args.threads} params={n_params / 1e6:.2f}M rounds={args.rounds} blocks={args.blocks}")
+    header = f"{'optimizer':32s} {'step ms':>9s} {'peer':>18s} {'/peer':>7s} {'spread':>13s} {'extra B/param':>14s} {'global B':>9s}"
     if fwd_bwd:
         header += f" {'% of fwd+bwd':>13s}"
     print(header)
     for name in steps:
-        if name not in opts:
-            print(f"{name:32s} {med[name] * 1e3:9.3f} {med[name] / med['SGD(foreach)']:14.3f} {med[name] / med['SGD(fused)']:12.3f}")
-            continue
-        opt = opts[name]
-        base_state = adam_state if name.startswith("AdamW") else sgd_state
-        extra = (state_bytes(opt) - base_state) / n_params
-        history = opt._history if isinstance(opt, Zenith) else scheduler.history if "Zenith" in name else None
-        row = (f"{name:32s} {med[name] * 1e3:9.2f} {med[name] / med['SGD(foreach)']:14.3f} "
-               f"{med[name] / med['SGD(fused)']:12.3f} {extra:14.3f} {global_state_bytes(history):9d}")
-        if fwd_bwd:
-            row += f" {100 * med[name] / fwd_bwd:12.2f}%"
+        ratio, low, high = ratio_and_spread(times, name, peers[name], args.blocks)
+        row = f"{name:32s} {med[name] * 1e3:9.2f} {peers[name]:>18s} {ratio:7.3f} {low:6.3f}-{high:6.3f}"
+        if name in opts:
+            opt = opts[name][0]
+            extra = (state_bytes(opt) - (adam_state if name.startswith("AdamW") else sgd_state)) / n_params
+            history = opt._history if isinstance(opt, Zenith) else scheduler.history if "Zenith" in name else None
+            row += f" {extra:14.3f} {global_state_bytes(history):9d}"
+            if fwd_bwd:
+                row += f" {100 * med[name] / fwd_bwd:12.2f}%"
         print(row)
-    zen_extra = med["Zenith"] - med["SGD(fused)"]
-    adam_extra = med["AdamW(fused)+ZenithScheduler"] - med["AdamW(fused)"]
-    print(f"ZenithScheduler on AdamW(fused): x{med['AdamW(fused)+ZenithScheduler'] / med['AdamW(fused)']:.3f}")
     if fwd_bwd:
         print(f"forward+backward (2x3x512x512, min_size=max_size=512): {fwd_bwd * 1e3:.0f} ms")
-        print(f"Zenith overhead over fused SGD per iteration: {100 * zen_extra / (fwd_bwd + med['SGD(fused)']):.3f}% "
-              f"(paper: 1.3%); over foreach SGD: {100 * (med['Zenith'] - med['SGD(foreach)']) / (fwd_bwd + med['SGD(foreach)']):.3f}%")
+        for wd in args.weight_decay:
+            zen, sgd = med[f"Zenith wd={wd:g}"], med[f"SGD(fused) wd={wd:g}"]
+            print(f"Zenith overhead over fused SGD per iteration, wd={wd:g}: {100 * (zen - sgd) / (fwd_bwd + sgd):.3f}% (paper: 1.3%)")
+        adam_extra = med["AdamW(fused)+ZenithScheduler"] - med["AdamW(fused)"]
         print(f"ZenithScheduler overhead per AdamW iteration: {100 * adam_extra / (fwd_bwd + med['AdamW(fused)']):.3f}%")
     print(f"host syncs in Zenith.step(): {sync}")
 

@@ -15,30 +15,49 @@ from ..utils import torch_internals
 logger = logging.getLogger(__name__)
 
 
+# Below this many elements a gradient joins the single _foreach_norm call on the CPU
+# (measured on the Mask R-CNN parameter set: per-call overhead outweighs the faster dot).
+_MIN_DOT_NUMEL = 1 << 16
+
+
 def global_grad_norm(grads: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
     """L2 norm over all `grads` as a float32 0-dim tensor on `device`, with no host sync.
 
-    Per-tensor norms are accumulated in float32 (`_foreach_norm(dtype=float32)`,
-    or `vector_norm(dtype=float32)` where torch lacks it), so bf16/fp16 gradients
-    lose no precision to the reduction itself.
+    On the CPU each large contiguous float32/float64 gradient is dotted with itself
+    (``torch.dot`` of a flat view, a BLAS dot): with two threads about twice the
+    speed of the kernel behind ``_foreach_norm`` there, and more accurate (its
+    vector partial sums lose less than that kernel's float32 running sum). The rest
+    go through one ``_foreach_norm`` call: for small tensors a call each costs more
+    than it saves, and on other devices ``_foreach_norm`` is one fused launch.
+    bf16/fp16 gradients take ``_foreach_norm(dtype=float32)`` (``vector_norm(dtype=
+    float32)`` where torch lacks it), so they lose no precision to the reduction.
     """
     by_device: Dict[torch.device, List[torch.Tensor]] = defaultdict(list)
     for g in grads:
         by_device[g.device].append(g)
     if not by_device:
         return torch.zeros((), dtype=torch.float32, device=device)
-    norms = []
-    for dev_grads in by_device.values():
-        full = [g for g in dev_grads if g.dtype in (torch.float32, torch.float64)]
-        low = [g for g in dev_grads if g.dtype not in (torch.float32, torch.float64)]
+    parts = []  # 1-D tensors of per-tensor norms, one or two per device
+    for dev, dev_grads in by_device.items():
+        dots, full, low = [], [], []
+        for g in dev_grads:
+            if g.dtype not in (torch.float32, torch.float64):
+                low.append(g)
+            elif dev.type == "cpu" and g.numel() >= _MIN_DOT_NUMEL and g.is_contiguous():
+                flat = g.view(-1)
+                dots.append(torch.dot(flat, flat))
+            else:
+                full.append(g)
+        if dots:
+            parts.append(torch.stack(dots).sqrt())
         # dtype= takes foreach_norm off its fused CUDA path, so ask for it only where needed.
-        if full:
-            norms.extend(n.float() for n in torch_internals.foreach_norm(full))
-        if low:
-            norms.extend(torch_internals.foreach_norm(low, dtype=torch.float32))
+        norms = torch_internals.foreach_norm(full) + torch_internals.foreach_norm(low, dtype=torch.float32)
+        if norms:
+            parts.append(torch.stack(norms))
     if len(by_device) > 1:
-        norms = [n.to(device, non_blocking=True) for n in norms]
-    return torch.linalg.vector_norm(torch.stack(norms))
+        parts = [p.to(device, non_blocking=True) for p in parts]
+    # (stack and cat promote float64 norms, so none is rounded before the last step)
+    return torch.linalg.vector_norm(torch.cat(parts) if len(parts) > 1 else parts[0]).float()
 
 
 def unscaled_step_norm(grads, device, grad_scale=None, found_inf=None) -> torch.Tensor:
