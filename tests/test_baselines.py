@@ -252,7 +252,7 @@ def test_schedulefree_evaluates_and_saves_the_averaged_weights_and_resumes(tiny_
         return {"bbox": {"AP": 1.0}}
 
     monkeypatch.setattr(defaults, "evaluate", fake_evaluate)
-    cfg = _cfg(tiny_cfg, "SCHEDULEFREE_SGD", 0.2)
+    cfg = _cfg(tiny_cfg, "SCHEDULEFREE_SGD", 0.2, **{"TEST.PRECISE_BN.NUM_ITER": 2})
     cfg.DATASETS.TEST = ("synthetic_shapes_val",)
     cfg.TEST.EVAL_PERIOD = 2
     default_setup(cfg, resume=False)
@@ -333,18 +333,90 @@ def test_dowg_missing_and_import_name_clash(monkeypatch):
         OPTIMIZER_REGISTRY.get("DOWG")(get_cfg(), params)
 
 
-def test_compare_presets_come_from_the_specs():
-    """tools/compare.py's --optimizers presets repeat nothing: schedule and BASE_LR are the specs'."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "compare.py")
-    loader = importlib.util.spec_from_file_location("_tool_compare_for_specs", path)
-    compare = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(compare)
-    for key in BASELINES + ("ZENITH",):
-        spec = optimizer_spec(key)
-        optimizer, overrides = compare.OPTIMIZER_PRESETS[key]
-        assert optimizer == key and overrides["SOLVER.LR_SCHEDULER_NAME"] == spec.lr_schedule
-        lr = overrides.get("SOLVER.BASE_LR")
-        if isinstance(lr, str):  # "<k>x": k times the config's BASE_LR
-            lr = float(lr[:-1]) * CONFIG_BASE_LR
-        assert (lr if lr is not None else CONFIG_BASE_LR) == pytest.approx(spec.preset_base_lr(CONFIG_BASE_LR)) or not spec.has_lr
-    assert compare.NO_LR == {k for k, s in OPTIMIZER_REGISTRY if not s.has_lr} == {"DOWG", "COCOB"}
+def test_race_arms_use_the_specs_presets():
+    """configs/compare/<arm>.yaml repeats what a spec recommends (its BASE_LR and schedule):
+    the two must agree, so an arm runs the method as its authors set it."""
+    from zenith_det.config import load_config
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "compare")
+    base = load_config(os.path.join(folder, "Base-Race.yaml"))
+    checked = 0
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".yaml") or name.startswith("Base"):
+            continue
+        cfg = load_config(os.path.join(folder, name))
+        if cfg.SOLVER.OPTIMIZER not in BASELINES:
+            continue
+        spec = optimizer_spec(cfg.SOLVER.OPTIMIZER)
+        if spec.has_lr:
+            assert cfg.SOLVER.BASE_LR == pytest.approx(spec.preset_base_lr(base.SOLVER.BASE_LR)), name
+        expected = "WarmupCosineLR" if name.endswith("_cosine.yaml") else spec.lr_schedule
+        assert cfg.SOLVER.LR_SCHEDULER_NAME == expected, name
+        checked += 1
+    assert checked >= 10
+
+
+def test_dog_is_evaluated_at_its_iterate_average_and_resumes_it_exactly(tiny_cfg):
+    """DoG's authors evaluate the polynomial-decay average of the iterates: the trainer keeps
+    the package's averager, evaluates its model, and a resumed run ends at the same average."""
+    pytest.importorskip("dog")
+    # a warmup inside the shortest run, so the 2-iteration run's schedule is the full run's
+    cfg = _cfg(tiny_cfg, "DOG", 1.0, **{"SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.WARMUP_ITERS": 1, "DETERMINISTIC": True})
+    full = _train(cfg)
+    averaged = full.model_to_evaluate()
+    assert averaged is full.averager.averaged_model and averaged is not full.model
+    assert full.averager.t == 5  # one averaging step per update (t starts at 1)
+    diffs = [not torch.equal(a, b) for a, b in zip(averaged.parameters(), full.model.parameters())]
+    assert any(diffs)
+    final = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)
+    assert final["averager"]["t"] == 5
+    from zenith_det.engine import build_model_for_evaluation
+
+    evaluated = build_model_for_evaluation(cfg, resume=True)  # --eval-only --resume
+    for a, b in zip(evaluated.state_dict().values(), averaged.state_dict().values()):
+        assert torch.equal(a, b)
+
+    cfg2 = cfg.clone()
+    cfg2.OUTPUT_DIR = cfg.OUTPUT_DIR + "_interrupted"
+    cfg2.SOLVER.MAX_ITER = 2
+    _train(cfg2)
+    cfg3 = cfg2.clone()
+    cfg3.SOLVER.MAX_ITER = 4
+    resumed = _train(cfg3, resume=True)
+    assert resumed.start_iter == 2
+    for a, b in zip(resumed.model_to_evaluate().state_dict().values(), averaged.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_schedulefree_bn_statistics_are_recomputed_at_the_averaged_weights(tiny_cfg):
+    """Before an evaluation, schedule-free's BatchNorm statistics are recomputed at x over
+    TEST.PRECISE_BN.NUM_ITER training batches: the same batches each time (so the result is
+    a function of the weights), with the global RNG and the training stream untouched."""
+    pytest.importorskip("schedulefree")
+    cfg = _cfg(tiny_cfg, "SCHEDULEFREE_SGD", 0.2, **{"TEST.PRECISE_BN.NUM_ITER": 3})
+    trainer = _train(cfg)
+    bn = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    # the final checkpoint holds what is evaluated: x with statistics recomputed there
+    final = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)["model"]
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(final[name], value), name
+    recomputed, count = bn.running_mean.clone(), bn.num_batches_tracked.clone()
+    bn.running_mean.zero_()
+    rng = torch.get_rng_state()
+    model = trainer.model_to_evaluate()
+    assert model is trainer.model and torch.equal(bn.running_mean, recomputed)  # the same batches, the same result
+    assert torch.equal(bn.num_batches_tracked, count) and torch.equal(torch.get_rng_state(), rng)
+    assert trainer.optimizer.param_groups[0]["train_mode"] is False  # at x
+    trainer.optimizer.train()  # at y the statistics would differ
+    bn.running_mean.zero_()
+    from zenith_det.engine.precise_bn import recompute_bn_stats
+    from zenith_det.data import build_detection_train_loader
+
+    recompute_bn_stats(trainer.model, build_detection_train_loader(cfg), 3)
+    assert not torch.equal(bn.running_mean, recomputed)
+    # An optimizer that trains and evaluates the same weights keeps its running statistics ...
+    sgd = _train(_cfg(tiny_cfg, "SGD", 0.02, **{"OUTPUT_DIR": cfg.OUTPUT_DIR + "_sgd"}))
+    bn = next(m for m in sgd.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    kept = bn.running_mean.clone()
+    sgd.model_to_evaluate()
+    assert torch.equal(bn.running_mean, kept)

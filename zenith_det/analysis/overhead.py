@@ -30,15 +30,21 @@ def _arm_state(cfg):
 def measure_iteration_costs(configs: Dict[str, object], rounds: int = 5, block: int = 4) -> Dict[str, dict]:
     """{arm: {"iteration_seconds": [per round], "step_seconds": [per round]}} for each config
     (a frozen CfgNode per arm): mean seconds per training iteration (forward, backward,
-    step) and per optimizer step (the step, its closure and averaging) in each round."""
+    step) and per optimizer step (the step, its closure and averaging) in each round.
+    The configs must build the same model."""
     from ..data import build_detection_train_loader
 
     first = next(iter(configs.values()))
     images, targets = next(iter(build_detection_train_loader(first)))
     trainers = {name: _arm_state(cfg) for name, cfg in configs.items()}
+    # Every block starts from the same weights: what the heads process (proposals, masks)
+    # depends on the weights, and arms whose weights drifted apart would differ in
+    # forward cost for that reason alone. The optimizers keep their state throughout.
+    start_weights = {k: v.clone() for k, v in next(iter(trainers.values())).model.state_dict().items()}
     out = {name: {"iteration_seconds": [], "step_seconds": []} for name in configs}
     for r in range(rounds + 1):  # round 0 warms up every arm and is not kept
         for name, trainer in trainers.items():
+            trainer.model.load_state_dict(start_weights)
             step_time, start = 0.0, time.perf_counter()
             for _ in range(block):
                 step_time += _one_iteration(trainer, images, targets)

@@ -175,6 +175,9 @@ def build_model_for_evaluation(cfg: CfgNode, resume: bool) -> torch.nn.Module:
             )
         checkpointer.load_model(state["path"], state)
         logger.info("Evaluating %s (iteration %d)", state["path"], state["iteration"])
+        if "averager" in state:  # a method evaluated at its iterate average (DoG): evaluate that
+            model.load_state_dict(state["averager"]["av_model"])
+            logger.info("Evaluating the iterate average the run kept (its averager's weights)")
     return model
 
 

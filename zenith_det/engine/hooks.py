@@ -25,10 +25,12 @@ logger = logging.getLogger(__name__)
 
 
 def _use_eval_weights(trainer) -> None:
-    """Schedule-free optimizers evaluate and save their averaged weights (SimpleTrainer.use_eval_weights)."""
-    switch = getattr(trainer, "use_eval_weights", None)
-    if switch is not None:
-        switch()
+    """Evaluate and save the weights meant for evaluation: schedule-free's averaged point, with
+    the BatchNorm statistics recomputed there where the trainer does that (Trainer.model_to_evaluate;
+    SimpleTrainer.use_eval_weights without it), so a checkpoint holds what was evaluated."""
+    prepare = getattr(trainer, "model_to_evaluate", None) or getattr(trainer, "use_eval_weights", None)
+    if prepare is not None:
+        prepare()
 
 
 class IterationTimer(HookBase):

@@ -43,10 +43,14 @@ def recompute_bn_stats(model: torch.nn.Module, batches, num_batches: int) -> int
         model.train(was_training)
         return 0
     saved = rng_state()
+    # num_batches_tracked counts training batches; these forwards are not training
+    counters = [(m, m.num_batches_tracked.clone()) for m in get_bn_modules(model) if m.num_batches_tracked is not None]
     try:
         device = next(model.parameters()).device
         update_bn_stats(_TrainingForward(model, device), itertools.islice(batches, num_batches), num_batches)
     finally:
         set_rng_state(saved)
+        for m, count in counters:
+            m.num_batches_tracked.copy_(count)
         model.train(was_training)
     return num_batches
