@@ -162,10 +162,12 @@ def test_gradient_clipping_wraps_zenith_and_unknown_names_are_user_errors():
         zd2.build_optimizer(d2_cfg("SOLVER.OPTIMIZER", "LION"), model)
 
 
-@pytest.mark.parametrize("key, need", [("ALIG", "closure"), ("SCHEDULEFREE_SGD", "train\\(\\)/eval\\(\\)")])
+@pytest.mark.parametrize("key, need", [("ALIG", "closure"), ("SCHEDULEFREE_SGD", "train\\(\\)/eval\\(\\)"),
+                                       ("DOG", "iterate average"), ("LDOG", "iterate average")])
 def test_optimizers_detectron2_cannot_drive_are_refused(key, need):
     """detectron2's trainers call step() only: ALI-G would get no loss, schedule-free would
-    evaluate and save its training point. Each is refused by its spec, in one line."""
+    evaluate and save its training point, DoG would be evaluated at its last iterate. Each is refused
+    by its spec, in one line."""
     with pytest.raises(UserError, match=rf"SOLVER.OPTIMIZER {key} needs .*{need}.*tools/train_net.py"):
         zd2.build_optimizer(d2_cfg("SOLVER.OPTIMIZER", key), Toy())
 

@@ -13,7 +13,7 @@ from zenith_det.analysis.metrics import load_metrics
 from zenith_det.analysis.overhead import measure_iteration_costs, ratio_summary, within_noise
 from zenith_det.errors import UserError
 
-CPU_SUITE = os.path.join(REPO, "configs", "compare", "suites", "cpu.yaml")
+SUITES = [os.path.join(REPO, "configs", "compare", "suites", f"{name}.yaml") for name in ("cpu", "gpu")]
 
 
 def _suite_file(tmp_path, text):
@@ -173,23 +173,26 @@ def test_compare_exits_2_on_a_bad_suite(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_the_cpu_suite_loads_and_every_run_builds_a_config():
+@pytest.mark.parametrize("path", SUITES)
+def test_the_shipped_suites_load_and_every_run_builds_a_config(path):
     from zenith_det.config import load_config
 
-    suite = race.load_suite(CPU_SUITE)
+    suite = race.load_suite(path)
     runs = suite.runs()
     assert len({(a.name, s) for a, s in runs}) == len(runs)
     # seed-major: every arm's seed 0 before any seed 1
     first_seed1 = next(i for i, (_, s) in enumerate(runs) if s == 1)
     assert all(s == 0 for _, s in runs[:first_seed1])
     for arm in suite.arms:
-        cfg = load_config(arm.config, race.run_options(suite, arm, arm.seeds[0], "out"))
+        opts = race.run_options(suite, arm, arm.seeds[0], "out")
+        cfg = load_config(arm.config, opts + ["MODEL.DEVICE", "cpu"])  # the GPU suite's cuda, checked below
         assert cfg.SOLVER.MAX_TIME_HOURS == 0.0 and cfg.SEED == arm.seeds[0]
         assert cfg.OUTPUT_DIR == os.path.join("out", arm.name, f"seed{arm.seeds[0]}")
         if cfg.SOLVER.OPTIMIZER == "ZENITH":  # every run is at least 10x the smallest window
             assert cfg.SOLVER.MAX_ITER >= 10 * 5
     main = [a for a in suite.arms if a.group == "main"]
-    assert all(a.seeds == [0, 1, 2] for a in main) and len(main) >= 13
+    assert all(a.seeds == suite.seeds and len(a.seeds) >= 3 for a in main) and len(main) >= 13
+    assert opts[opts.index("MODEL.DEVICE") + 1] == "cuda" if "gpu" in path else "MODEL.DEVICE" not in opts
 
 
 def test_runner_skips_finished_and_failed_runs_and_records_a_silent_failure(tmp_path, monkeypatch):

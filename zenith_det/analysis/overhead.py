@@ -19,7 +19,9 @@ def _arm_state(cfg):
     from ..modeling import build_model
     from ..solver import build_optimizer, optimizer_spec
 
-    model = build_model(cfg, metadata_from_cfg(cfg))
+    from ..engine import resolve_device
+
+    model = build_model(cfg, metadata_from_cfg(cfg)).to(resolve_device(cfg))
     optimizer = build_optimizer(cfg, model)
     # SimpleTrainer gives the optimizer what its spec needs (loss closure, train()/eval()
     # switching, iterate averaging) exactly as in training.
@@ -37,6 +39,9 @@ def measure_iteration_costs(configs: Dict[str, object], rounds: int = 5, block: 
     first = next(iter(configs.values()))
     images, targets = next(iter(build_detection_train_loader(first)))
     trainers = {name: _arm_state(cfg) for name, cfg in configs.items()}
+    device = next(iter(trainers.values())).device
+    images = [img.to(device) for img in images]
+    targets = [{k: v.to(device) if hasattr(v, "to") else v for k, v in t.items()} for t in targets]
     # Every block starts from the same weights: what the heads process (proposals, masks)
     # depends on the weights, and arms whose weights drifted apart would differ in
     # forward cost for that reason alone. The optimizers keep their state throughout.
@@ -48,6 +53,7 @@ def measure_iteration_costs(configs: Dict[str, object], rounds: int = 5, block: 
             step_time, start = 0.0, time.perf_counter()
             for _ in range(block):
                 step_time += _one_iteration(trainer, images, targets)
+            _sync(trainer.device)
             if r:
                 out[name]["iteration_seconds"].append((time.perf_counter() - start) / block)
                 out[name]["step_seconds"].append(step_time / block)
@@ -63,6 +69,7 @@ def _one_iteration(trainer, images, targets) -> float:
     losses = sum(model(images, targets).values())
     optimizer.zero_grad(set_to_none=True)
     losses.backward()
+    _sync(trainer.device)  # on a GPU the step is timed from its launch to its end
     start = time.perf_counter()
     if spec.needs_loss_closure:
         optimizer.step(lambda: float(losses.detach()))
@@ -70,7 +77,15 @@ def _one_iteration(trainer, images, targets) -> float:
         optimizer.step()
     if trainer.averager is not None:
         trainer.averager.step()
+    _sync(trainer.device)
     return time.perf_counter() - start
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def ratio_summary(costs: Dict[str, dict], peer: str, key: str) -> Dict[str, dict]:

@@ -9,6 +9,7 @@ A suite file (YAML, e.g. configs/compare/suites/cpu.yaml) lists the arms:
     eval_minutes: 0.5         # wall_clock only: evaluate every this many minutes
     seeds: [0, 1, 2]          # the same seeds for every arm, so differences pair up
     reference: zenith         # the arm the paired differences are taken against
+    set: {MODEL.DEVICE: cuda} # optional: overrides for every run, before each arm's own
     arms:
       - name: zenith          # its folder: <out>/<name>/seed<k>/
         config: ../zenith.yaml  # relative to the suite file; a config with _BASE_
@@ -72,6 +73,7 @@ class Suite:
     budget_hours: float = 0.0
     eval_minutes: float = 0.0
     sharpness: Sequence[str] = ()
+    common: Dict[str, object] = dataclasses.field(default_factory=dict)
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -128,7 +130,11 @@ def load_suite(path: str) -> Suite:
     budget, every = float(raw.get("budget_hours", 0.0)), float(raw.get("eval_minutes", 0.0))
     if mode == "wall_clock" and budget <= 0:
         raise UserError(f"{path}: mode wall_clock needs budget_hours > 0")
-    return Suite(os.path.abspath(path), str(raw.get("title", "")), mode, seeds, reference, arms, budget, every, tuple(sharp))
+    common = raw.get("set") or {}
+    if not isinstance(common, dict):
+        raise UserError(f"{path}: `set` must map config keys to values")
+    return Suite(os.path.abspath(path), str(raw.get("title", "")), mode, seeds, reference, arms, budget, every, tuple(sharp),
+                 common)
 
 
 def _int_list(value, path, field) -> List[int]:
@@ -146,7 +152,7 @@ def run_options(suite: Suite, arm: Arm, seed: int, out: str, extra: Sequence[str
     else:
         opts += ["SOLVER.MAX_TIME_HOURS", repr(suite.budget_hours), "TEST.EVAL_PERIOD", "0",
                  "TEST.EVAL_PERIOD_MINUTES", repr(suite.eval_minutes)]
-    for key, value in arm.overrides.items():
+    for key, value in list(suite.common.items()) + list(arm.overrides.items()):
         opts += [str(key), value if isinstance(value, str) else repr(value)]
     opts += ["SEED", str(seed), "OUTPUT_DIR", arm.run_dir(out, seed)]
     return opts + list(extra)

@@ -80,10 +80,27 @@ def train_one(config: str, opts: List[str], resume: bool) -> int:
         "device": str(trainer.device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "code": code_version(),
     }
     stats["state_bytes_per_param"] = stats["state_bytes"] / max(stats["num_params"], 1)
     atomic_write_json(stats, os.path.join(cfg.OUTPUT_DIR, STATS if status == "ok" else FAILED), indent=1)
     return exit_codes.OK if status == "ok" else exit_codes.DIVERGED
+
+
+def code_version() -> str:
+    """The commit of the zenith_det that ran (with "+changes" if its tree was modified), or "unknown"."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode:
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def sharpness_one(checkpoint: str, out: str, num_batches: int, iters: int) -> int:

@@ -245,7 +245,8 @@ def write_report(suite, out: str, path: str, command: str) -> None:
         else:
             lines += arm_table(res, runs, [res.main_partner(a) for a in res.arms(group)] + res.arms(group))
     lines += ["", "## Flatness of the final checkpoints", ""] + flatness_lines(res)
-    fig_dir = os.path.join(report_dir, "figures")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    fig_dir = os.path.join(report_dir, "figures" if stem == "RESULTS" else f"figures_{stem.lower()}")
     for group, title in GROUP_TITLES.items():
         members = [a.name for a in suite.arms if a.group == group]
         if group != "main":

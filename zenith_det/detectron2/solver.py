@@ -41,14 +41,15 @@ def build_optimizer(cfg, model):
 
     A config without SOLVER.OPTIMIZER (add_zenith_config not called) gets SGD, as
     detectron2 alone would. Optimizers whose spec needs what detectron2's trainers do
-    not do (a loss closure: ALI-G; train()/eval() switching: schedule-free) are refused
-    with a UserError: train them with tools/train_net.py.
+    not do (a loss closure: ALI-G; train()/eval() switching: schedule-free; an iterate
+    average to evaluate: DoG) are refused with a UserError: train them with tools/train_net.py.
     """
     if str(cfg.SOLVER.get("OPTIMIZER", "SGD")).upper() == "SGD":
         return _D2_BUILD_OPTIMIZER(cfg, model)
     spec = optimizer_spec(cfg)  # the same lookup (and unknown-key error) as our own trainer's
-    if spec.needs_loss_closure or spec.has_eval_weights:
-        need = "the loss in step(closure)" if spec.needs_loss_closure else "train()/eval() around evaluation"
+    if spec.needs_loss_closure or spec.has_eval_weights or spec.iterate_averager is not None:
+        need = ("the loss in step(closure)" if spec.needs_loss_closure else "train()/eval() around evaluation"
+                if spec.has_eval_weights else "its iterate average evaluated")
         raise UserError(
             f"SOLVER.OPTIMIZER {spec.name} needs {need}, which detectron2's trainers do not provide; "
             "train it with tools/train_net.py"
