@@ -361,7 +361,8 @@ def test_dog_is_evaluated_at_its_iterate_average_and_resumes_it_exactly(tiny_cfg
     the package's averager, evaluates its model, and a resumed run ends at the same average."""
     pytest.importorskip("dog")
     # a warmup inside the shortest run, so the 2-iteration run's schedule is the full run's
-    cfg = _cfg(tiny_cfg, "DOG", 1.0, **{"SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.WARMUP_ITERS": 1, "DETERMINISTIC": True})
+    cfg = _cfg(tiny_cfg, "DOG", 1.0, **{"SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.WARMUP_ITERS": 1, "DETERMINISTIC": True,
+                                        "TEST.PRECISE_BN.NUM_ITER": 2})
     full = _train(cfg)
     averaged = full.model_to_evaluate()
     assert averaged is full.averager.averaged_model and averaged is not full.model

@@ -222,6 +222,38 @@ arms:
     assert len(started) == 1  # failed runs wait for --retry-failed
 
 
+def test_sigterm_stops_the_race_and_each_run_checkpoints(tmp_path):
+    """A scheduler's SIGTERM to the race (even one started with SIGINT ignored, as a shell's
+    background job is) reaches every running run, which checkpoints and exits 75; the race
+    returns with their codes instead of leaving orphans behind."""
+    suite_path = _suite_file(tmp_path, "seeds: [0, 1]\narms: [{name: zenith, config: CONFIGS/zenith.yaml}]")
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import signal, sys, time, pathlib\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))\n"
+        "pathlib.Path(sys.argv[1], 'started').write_text('x')\n"
+        "time.sleep(60)\n")
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import json, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "from zenith_det.analysis import race\n"
+        f"race.child_command = lambda config, opts, resume: [sys.executable, {str(child)!r}, opts[opts.index('OUTPUT_DIR') + 1]]\n"
+        f"codes = race.run_suite(race.load_suite({suite_path!r}), {str(tmp_path / 'out')!r}, jobs=2)\n"
+        "print(json.dumps(sorted(codes.values())))\n")
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, text=True)
+    for _ in range(300):
+        if all((tmp_path / "out" / "zenith" / f"seed{s}" / "started").exists() for s in (0, 1)):
+            break
+        time.sleep(0.1)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and json.loads(out.strip().splitlines()[-1]) == [75, 75]
+
+
 def test_cost_ratios_and_noise():
     costs = {"sgd": {"step_seconds": [1.0, 1.0, 1.0]}, "zen": {"step_seconds": [1.2, 0.9, 1.1]},
              "slow": {"step_seconds": [2.0, 2.2, 1.9]}}

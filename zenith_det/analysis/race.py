@@ -163,9 +163,10 @@ def child_command(config: str, opts: Sequence[str], resume: bool) -> List[str]:
 
 
 def run_suite(suite: Suite, out: str, jobs: int = 1, only: Optional[Sequence[str]] = None, retry_failed: bool = False,
-              extra: Sequence[str] = (), log=print) -> Dict[str, int]:
+              extra: Sequence[str] = (), log=None) -> Dict[str, int]:
     """Train every run not yet done, `jobs` at a time (each with cores // jobs torch threads).
     Returns {run folder: exit code} for the runs started now."""
+    log = log or _say
     pending = []
     for arm, seed in suite.runs():
         if only and arm.name not in only:
@@ -187,6 +188,9 @@ def run_suite(suite: Suite, out: str, jobs: int = 1, only: Optional[Sequence[str
     running: Dict[str, subprocess.Popen] = {}
     codes: Dict[str, int] = {}
     started: Dict[str, float] = {}
+    # SIGTERM (a scheduler, `kill`) stops the race as Ctrl-C does: each run checkpoints. The
+    # handlers are set explicitly, since a shell's background job starts with SIGINT ignored.
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while pending or running:
             while pending and len(running) < max(jobs, 1):
@@ -214,18 +218,30 @@ def run_suite(suite: Suite, out: str, jobs: int = 1, only: Optional[Sequence[str
                     atomic_write_json({"status": "failed", "returncode": rc, "error": _tail(os.path.join(vdir, "race_stdout.log"))},
                                       os.path.join(vdir, FAILED), indent=1)
     except KeyboardInterrupt:
-        # The runs got the SIGINT too: let each finish its iteration and checkpoint.
+        # Each run stops at its next iteration and checkpoints (exit 75); the next invocation resumes it.
         log("[race] interrupted: waiting for the runs to write their checkpoints")
         for proc in running.values():
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
         for vdir, proc in running.items():
             codes[vdir] = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return codes
 
 
-def run_sharpness(suite: Suite, out: str, num_batches: int, iters: int, jobs: int = 1, log=print) -> None:
+def _say(message: str) -> None:
+    print(message, flush=True)  # a race's log is usually a file: each line as it happens
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_sharpness(suite: Suite, out: str, num_batches: int, iters: int, jobs: int = 1, log=None) -> None:
     """The flatness probe on the final checkpoint of every finished run of the suite's
     `sharpness` arms, `jobs` processes at a time; results in each run's sharpness.json."""
+    log = log or _say
     todo = []
     for name in suite.sharpness:
         arm = suite.arm(name)

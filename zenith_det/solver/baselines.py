@@ -54,7 +54,10 @@ def _dog_averager(model):
 
 
 DOG_AVERAGER_GAMMA = 8.0
-_DOG = dict(package="dog-optimizer", module="dog", preset_lr=1.0, iterate_averager=_dog_averager, **_AUTOMATIC)
+# The averaged model's BatchNorm statistics are an average of statistics gathered at other
+# weights: they are recomputed at the averaged weights before evaluation, as for schedule-free.
+_DOG = dict(package="dog-optimizer", module="dog", preset_lr=1.0, iterate_averager=_dog_averager,
+            bn_stats_at_eval_weights=True, **_AUTOMATIC)
 
 
 # ---------------------------------------------------------------- effective step sizes
