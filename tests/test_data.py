@@ -286,6 +286,63 @@ def test_greyscale_file_in_dataset_gives_rgb(tiny):
     assert image.shape == (3, 40, 30)
 
 
+def _read_with_pil(path, expected_size=None):
+    """read_image as it was before decode_jpeg: PIL for every file."""
+    return coco_module._read_with_pil(str(path), str(path), expected_size, "")
+
+
+def test_jpegs_decode_with_decode_jpeg_as_pil_decodes_them(shapes, people, monkeypatch):
+    decoded = []
+    decode = coco_module._decode_jpeg
+    monkeypatch.setattr(coco_module, "_decode_jpeg", lambda *a: decoded.append(decode(*a)) or decoded[-1])
+    for json_file, root in (shapes, people):
+        ds = CocoDetection(json_file, root)
+        for index in range(0, len(ds), 3):
+            image, _ = ds[index]
+            path = f"{root}/{ds.table.file_name(ds._images[index])}"
+            before = _read_with_pil(path, (image.shape[2], image.shape[1]))
+            assert image.shape == before.shape and image.dtype == before.dtype == torch.float32
+            assert image.is_contiguous()
+            assert (image - before).abs().max().item() <= 2 / 255  # libjpeg builds may differ in the IDCT
+    assert decoded and all(d is not None for d in decoded)  # decode_jpeg did decode them
+
+
+@pytest.mark.parametrize("mode, suffix", [("L", "jpg"), ("RGB", "png"), ("L", "png"), ("CMYK", "jpg")])
+def test_other_images_load_as_before(tmp_path, mode, suffix):
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    path = tmp_path / f"img.{suffix}"
+    Image.fromarray(pixels).convert(mode).save(path)
+    image = read_image(str(path), expected_size=(10, 12))
+    assert image.shape == (3, 12, 10) and image.dtype == torch.float32 and image.is_contiguous()
+    assert (image - _read_with_pil(path, (10, 12))).abs().max().item() <= 2 / 255
+    if mode == "L":
+        assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+    if suffix == "png":
+        assert torch.equal(image, torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1) / 255)
+
+
+def test_exif_rotated_jpeg_read_upright_unless_the_json_gives_the_raw_size(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)).save(
+        path, exif=exif.tobytes())
+    upright = read_image(str(path), expected_size=(12, 20))
+    assert upright.shape == (3, 20, 12)
+    assert (upright - _read_with_pil(path, (12, 20))).abs().max().item() <= 2 / 255
+    raw = read_image(str(path), expected_size=(20, 12))
+    assert raw.shape == (3, 12, 20)
+    assert (raw - _read_with_pil(path, (20, 12))).abs().max().item() <= 2 / 255
+    one_line_error(lambda: read_image(str(path), expected_size=(30, 40)), "rotated.jpg", "12x20")
+
+
+def test_truncated_jpeg_is_one_line(tmp_path):
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:300])
+    one_line_error(lambda: read_image(str(path), expected_size=(40, 40)), "cannot read image", "cut.jpg")
+
+
 # ---------------------------------------------------------------- keypoints and flips
 
 

@@ -23,6 +23,7 @@ import sys
 
 from zenith_det.analysis import race, report
 from zenith_det.analysis.overhead import measure_suite_costs
+from zenith_det.errors import UserError
 from zenith_det.utils.cli import run_guarded
 
 
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cost-rounds", type=int, default=5, help="interleaved rounds of the per-iteration cost (0: skip)")
     parser.add_argument("--sharpness-batches", type=int, default=2, help="training batches of the flatness probe")
     parser.add_argument("--sharpness-iters", type=int, default=20, help="power iterations of the flatness probe (0: skip)")
+    parser.add_argument("--notes", help="a markdown file added to the report as it is (provenance, say)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = parser.parse_args(argv)
@@ -55,7 +57,14 @@ def _run(args) -> int:
             race.run_sharpness(suite, args.out, args.sharpness_batches, args.sharpness_iters, jobs=args.jobs)
     if args.report:
         command = "python tools/compare.py " + " ".join(sys.argv[1:])
-        report.write_report(suite, args.out, args.report, command)
+        notes = ""
+        if args.notes:
+            try:
+                with open(args.notes, encoding="utf-8") as f:
+                    notes = f.read()
+            except OSError as e:
+                raise UserError(f"--notes {args.notes}: cannot read it ({e.strerror})")
+        report.write_report(suite, args.out, args.report, command, notes)
         print(f"[race] wrote {args.report}")
     return 0
 

@@ -198,7 +198,7 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def write_report(suite, out: str, path: str, command: str) -> None:
+def write_report(suite, out: str, path: str, command: str, notes: str = "") -> None:
     from .figures import plot_runs
 
     res, runs = collect(suite, out)
@@ -260,6 +260,8 @@ def write_report(suite, out: str, path: str, command: str) -> None:
         paths = plot_runs(curves, fig_dir, title=f"{title} (seed {seed})", prefix=prefix)
         lines += ["", f"### Curves: {title} (seed {seed})", ""]
         lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, report_dir)})" for p in paths]
+    if notes:
+        lines += ["", notes.rstrip()]
     lines += ["", "## How to read this", "",
               "- Equal iterations: every run trains the same number of iterations; the cost table says what an "
               "iteration costs each method, measured apart from the race, so that a noisy machine does not decide it.",
