@@ -333,7 +333,7 @@ def test_exif_rotated_jpeg_read_upright_unless_the_json_gives_the_raw_size(tmp_p
     raw = read_image(str(path), expected_size=(20, 12))
     assert raw.shape == (3, 12, 20)
     assert (raw - _read_with_pil(path, (20, 12))).abs().max().item() <= 2 / 255
-    one_line_error(lambda: read_image(str(path), expected_size=(30, 40)), "rotated.jpg", "12x20")
+    one_line_error(lambda: read_image(str(path), expected_size=(30, 40)), "rotated.jpg", "30x40")
 
 
 def test_truncated_jpeg_is_one_line(tmp_path):
