@@ -140,8 +140,8 @@ def pil_read_image(path, expected_size=None, image_root=""):
 
 
 def build_pipelines(kind, json_file, image_root, resize, seed):
-    """({name: load(index) -> (image, target)}, number of images): index i is the same image in every pipeline,
-    the i-th of those ours trains on (with a target), in id order."""
+    """({name: load(index) -> (image, target)}, number of images, targets per image): index i is the same
+    image in every pipeline, the i-th of those ours trains on (with a target), in id order."""
     cfg, ours = our_dataset(kind, json_file, image_root)
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (resize[0],), resize[1]
     model_resize = TrainTestResize(cfg).train()
@@ -171,7 +171,7 @@ def build_pipelines(kind, json_file, image_root, resize, seed):
         "ours+resize": load_ours_resized,
         "peer+resize": lambda i: peer_resized[peer_index[image_ids[i]]],
     }
-    return pipelines, len(image_ids)
+    return pipelines, len(image_ids), len(ours.datasets[0]._rows) / max(len(image_ids), 1)
 
 
 def check_same_work(pipelines, count):
@@ -313,11 +313,13 @@ def main(argv=None):
 
         results = {}
         for kind in args.kinds:
-            pipelines, count = build_pipelines(kind, *paths[kind], (args.min_size, args.max_size), args.seed)
+            pipelines, count, per_image = build_pipelines(kind, *paths[kind], (args.min_size, args.max_size), args.seed)
             check_same_work(pipelines, count)
             speeds = time_rounds(pipelines, count, args.rounds)
             results[kind] = speeds
-            print_table(f"{kind}: {count} images with targets, images/s of one worker (median over rounds)", speeds,
+            coco = "; COCO instances_train2017: 7.3" if kind == "shapes" else ""
+            print_table(f"{kind}: {count} images with targets ({per_image:.1f} targets per image{coco}), "
+                        "images/s of one worker (median over rounds)", speeds,
                         lambda name: "peer+resize" if name.endswith("+resize") else "peer")
             if args.profile:
                 print(f"\ncProfile of ours on {min(args.profile, count)} {kind} images (by own time):")
