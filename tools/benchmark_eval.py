@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""COCOeval cost: pycocotools against faster-coco-eval, and its share of a training budget.
+"""COCOeval cost: pycocotools against faster-coco-eval, and its share of a training budget;
+with --postprocess, what an evaluation costs beyond COCOeval.
 
 Builds synthetic COCO-like ground truth and results (100 detections per image),
 times loadRes + evaluate + accumulate + summarize for bbox and segm with both
@@ -7,20 +8,59 @@ backends in this one process, checks that they report the same APs, and
 estimates how much of a wall-clock budget periodic evaluation on COCO val2017
 would take.
 
+--postprocess (default 5000 images: COCO val2017) simulates what the model hands
+the COCOEvaluator for each image -- 100 detections with xyxy boxes inside the
+image, scores, labels and the mask head's 28x28 mask probabilities (smooth
+blobs with low-frequency noise), plus 17 keypoints with scores with --keypoints
+-- and times, stage by stage and summed over the images, what follows the
+model's forward pass: pasting the masks into the image, thresholding, RLE
+encoding, building the COCO result dicts, the gather (in one process nothing is
+sent: timed is the pickling torch.distributed.gather_object does on every rank
+and the unpickling on rank 0, then the merge), writing the results json and the
+input checks; beside COCOeval itself (bbox and segm, TEST.EVALUATOR_BACKEND's
+default backend) on the same results in the same run. "before" is the previous
+path (a frozen copy here): the model pastes every mask into a full float image
+with torchvision's paste_masks_in_image, encode_masks thresholds and encodes the
+full images, json.dump writes; "after" is ours: the model hands over the
+unpasted masks and the evaluator pastes, thresholds and encodes the box crops
+only (zenith_det/evaluation/masks.py). "before" runs on --reference-images of
+the images and is scaled linearly; its results are checked to be identical.
+Only the CPU is used; nothing runs a model.
+
     python tools/benchmark_eval.py                      # 2000 images, about 1-2 minutes on a small CPU
     python tools/benchmark_eval.py --num-images 500 --eval-period-minutes 60
+    python tools/benchmark_eval.py --postprocess        # 5000 images
+    python tools/benchmark_eval.py --postprocess --num-images 200 --keypoints
 """
 import argparse
 import contextlib
 import io
 import math
+import os
+import pickle
 import sys
+import tempfile
 import time
+from collections import OrderedDict
 
 import numpy as np
 import pycocotools.mask as mask_util
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from zenith_det.evaluation.coco_metrics import coco_api, derive_metrics, load_coco_gt
+from zenith_det.config import get_cfg
+from zenith_det.evaluation.coco_evaluation import merge_predictions, write_results_json
+from zenith_det.evaluation.coco_metrics import (
+    check_task_results,
+    coco_api,
+    derive_metrics,
+    load_coco_gt,
+    run_cocoeval,
+)
+from zenith_det.evaluation.conversion import coco_result_dicts, infer_tasks
+from zenith_det.evaluation.masks import encode_mask_crops, paste_mask_crops, threshold_crops
+from zenith_det.utils.fileio import atomic_write_json
 
 # COCO val2017's shape, roughly: 5k images of ~640x480, ~7.3 objects per image,
 # 80 categories of which an image shows a few, sizes from a few pixels to the frame.
@@ -30,7 +70,7 @@ _POLY_POINTS = 12
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num-images", type=int, default=2000)
+    p.add_argument("--num-images", type=int, default=None, help="default 2000, or 5000 with --postprocess")
     p.add_argument("--num-categories", type=int, default=80)
     p.add_argument("--dets-per-image", type=int, default=100)
     p.add_argument("--objects-per-image", type=float, default=7.3, help="mean ground-truth objects per image")
@@ -43,7 +83,20 @@ def parse_args(argv=None):
     g.add_argument("--infer-images-per-s", type=float, default=20.0,
                    help="ASSUMED inference throughput of the whole job (all GPUs together) on the eval set, "
                         "mask pasting and RLE encoding included; take it from inference_on_dataset's log line")
-    return p.parse_args(argv)
+    g = p.add_argument_group("post-processing (--postprocess)")
+    g.add_argument("--postprocess", action="store_true",
+                   help="time what an evaluation costs beyond COCOeval, on simulated model outputs")
+    g.add_argument("--reference-images", type=int, default=500,
+                   help="images the previous ('before') path runs on, scaled linearly to --num-images")
+    g.add_argument("--keypoints", action="store_true",
+                   help="17 keypoints per detection in the outputs (converted, gathered and written; "
+                        "the synthetic ground truth has none, so COCOeval does not score them)")
+    g.add_argument("--backend", default=get_cfg().TEST.EVALUATOR_BACKEND, choices=["pycocotools", "faster_coco_eval"],
+                   help="COCOeval's backend (default: TEST.EVALUATOR_BACKEND's default)")
+    args = p.parse_args(argv)
+    if args.num_images is None:
+        args.num_images = 5000 if args.postprocess else 2000
+    return args
 
 
 def _polygons(rng, boxes):
@@ -159,6 +212,8 @@ def _share(n_evals, seconds_each, budget_s):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.postprocess:
+        return postprocess_main(args)
     t0 = time.perf_counter()
     gt, results = make_data(args)
     n_ann = len(gt["annotations"])
@@ -207,6 +262,242 @@ def main(argv=None):
         print(f"WARNING: the backends disagree by {worst:.2e} AP points", file=sys.stderr)
         return 1
     return 0
+
+
+# ----------------------------------------------------------------------------- --postprocess
+
+_MASK_SIZE = 28
+_NUM_KEYPOINTS = 17
+STAGES = ["paste", "threshold", "rle", "dicts", "gather", "json", "checks"]
+_STAGE_TEXT = {
+    "paste": "mask pasting",
+    "threshold": "thresholding",
+    "rle": "RLE encoding",
+    "dicts": "COCO result dicts",
+    "gather": "gather (pickle, unpickle, merge)",
+    "json": "results json written",
+    "checks": "input checks",
+}
+
+
+def _blob_probs(gen, n, strong):
+    """(n, 1, 28, 28) mask probabilities as a mask head gives them: an off-centre ellipse,
+    soft-edged, with low-frequency noise; weaker for the low-scoring detections."""
+    axis = torch.linspace(-1, 1, _MASK_SIZE)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    cx, cy = (torch.rand(2, n, 1, 1, generator=gen) - 0.5) * 0.3
+    rx, ry = 0.6 + 0.4 * torch.rand(2, n, 1, 1, generator=gen)
+    r = (((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2).sqrt()
+    noise = F.interpolate(torch.randn(n, 1, 7, 7, generator=gen), size=(_MASK_SIZE,) * 2, mode="bilinear",
+                          align_corners=False)[:, 0]
+    sharpness = torch.where(strong, 10.0, 4.0).view(n, 1, 1) * (0.7 + 0.6 * torch.rand(n, 1, 1, generator=gen))
+    return torch.sigmoid(sharpness * (1 - r) + 1.2 * noise)[:, None]
+
+
+def simulate_outputs(args, gt, results):
+    """Per image (image_id, (h, w), model output with unpasted masks), in image order."""
+    gen = torch.Generator().manual_seed(args.seed)
+    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    image_ids = np.fromiter((r["image_id"] for r in results), dtype=np.int64, count=len(results))
+    bounds = np.flatnonzero(np.diff(image_ids, prepend=-1, append=-1)).tolist()
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        image_id = int(image_ids[start])
+        dets = results[start:stop]
+        n = len(dets)
+        xywh = torch.tensor([d["bbox"] for d in dets], dtype=torch.float32)
+        scores = torch.tensor([d["score"] for d in dets], dtype=torch.float32)
+        output = {
+            "boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+            "scores": scores,
+            "labels": torch.tensor([d["category_id"] for d in dets], dtype=torch.int64),
+            "mask_probs": _blob_probs(gen, n, scores > 0.4),
+            "image_size": sizes[image_id],
+        }
+        if args.keypoints:
+            frac = torch.rand(n, _NUM_KEYPOINTS, 2, generator=gen)
+            xy = xywh[:, None, :2] + frac * xywh[:, None, 2:]
+            output["keypoints"] = torch.cat([xy, torch.ones(n, _NUM_KEYPOINTS, 1)], 2)
+            output["keypoints_scores"] = torch.rand(n, _NUM_KEYPOINTS, generator=gen) * 10
+        yield image_id, sizes[image_id], output
+
+
+# The path before tools/benchmark_eval.py --postprocess, frozen: the model pasted every
+# mask into a full float image (torchvision's transform.postprocess), then
+# zenith_det.evaluation.conversion encoded the full images and built the dicts.
+
+def reference_paste(output, image_size):
+    return paste_masks_in_image(output["mask_probs"], output["boxes"], image_size)
+
+
+def reference_threshold(masks):
+    return masks[:, 0] >= 0.5
+
+
+def reference_rle(masks):
+    arr = masks.to(torch.uint8).transpose(1, 2).contiguous().cpu().numpy().transpose(2, 1, 0)
+    rles = mask_util.encode(arr)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def reference_dicts(output, image_id, contiguous_id_to_category_id, rles):
+    boxes = output["boxes"]
+    if int(boxes.shape[0]) == 0:
+        return []
+    boxes = boxes.detach().to("cpu", torch.float32).clone()
+    boxes[:, 2:] -= boxes[:, :2]
+    scores = output["scores"].detach().cpu().tolist()
+    labels = output["labels"].detach().cpu().tolist()
+    category_ids = [int(contiguous_id_to_category_id[int(label)]) for label in labels]
+    results = [
+        {"image_id": int(image_id), "category_id": cat, "bbox": box, "score": float(score)}
+        for cat, box, score in zip(category_ids, boxes.tolist(), scores)
+    ]
+    if rles is not None:
+        for res, rle in zip(results, rles):
+            res["segmentation"] = rle
+    if "keypoints" in output:
+        kpts = output["keypoints"].detach().to("cpu", torch.float32).clone()
+        if "keypoints_scores" in output:
+            kpts[..., 2] = output["keypoints_scores"].detach().to("cpu", torch.float32)
+        for res, kp in zip(results, kpts.flatten(1).tolist()):
+            res["keypoints"] = kp
+    return results
+
+
+def reference_instances_to_coco_json(output, image_id, contiguous_id_to_category_id, image_size):
+    """The previous path's COCO results for an output with unpasted masks (the model pasting them)."""
+    if int(output["boxes"].shape[0]) == 0:
+        return []
+    rles = reference_rle(reference_threshold(reference_paste(output, image_size))) if "mask_probs" in output else None
+    return reference_dicts(output, image_id, contiguous_id_to_category_id, rles)
+
+
+def _timed(times, stage, fn, *a):
+    t = time.perf_counter()
+    out = fn(*a)
+    times[stage] += time.perf_counter() - t
+    return out
+
+
+def _process(outputs, mapping, after: bool, times):
+    """Every image's stages, summed into times; returns the per-image predictions the evaluator keeps."""
+    predictions, seen = [], set()
+    for image_id, size, output in outputs:
+        if after:
+            crops, regions = _timed(times, "paste", paste_mask_crops, output["mask_probs"], output["boxes"], size)
+            bits = _timed(times, "threshold", threshold_crops, crops)
+            rles = _timed(times, "rle", encode_mask_crops, bits, regions, size)
+            instances = _timed(times, "dicts", coco_result_dicts, output, image_id, mapping, rles)
+        else:
+            masks = _timed(times, "paste", reference_paste, output, size)
+            keep = _timed(times, "threshold", reference_threshold, masks)
+            del masks
+            rles = _timed(times, "rle", reference_rle, keep)
+            del keep
+            instances = _timed(times, "dicts", reference_dicts, output, image_id, mapping, rles)
+        seen |= infer_tasks(output)
+        predictions.append({"image_id": image_id, "instances": instances})
+    return predictions, seen
+
+
+def _gather(predictions, seen, times):
+    """What COCOEvaluator.evaluate's comm.gather costs: gather_object pickles on each rank,
+    rank 0 unpickles; then the merge. One rank here: its own share, sent to itself."""
+    t = time.perf_counter()
+    buf = io.BytesIO()
+    pickle.Pickler(buf).dump((predictions, seen))
+    gathered = [pickle.loads(buf.getvalue())]
+    merged = merge_predictions(p for p, _ in gathered)
+    coco_results = [inst for p in merged for inst in p["instances"]]
+    times["gather"] += time.perf_counter() - t
+    return coco_results, len(buf.getvalue())
+
+
+def postprocess_main(args):
+    t_start = time.perf_counter()
+    data_args = argparse.Namespace(**{**vars(args), "tasks": ["bbox"]})  # boxes only: masks are simulated below
+    gt, results = make_data(data_args)
+    mapping = {c["id"]: c["id"] for c in gt["categories"]}
+    n_ref = max(0, min(args.reference_images, args.num_images))
+    print(f"simulated evaluation: {args.num_images} images, {len(results)} detections "
+          f"({len(results) / max(args.num_images, 1):.0f}/image) with {_MASK_SIZE}x{_MASK_SIZE} mask probabilities"
+          f"{' and keypoints' if args.keypoints else ''}; torch threads {torch.get_num_threads()}; "
+          f"COCOeval backend {args.backend}; built in {time.perf_counter() - t_start:.1f}s")
+
+    after = dict.fromkeys(STAGES, 0.0)
+    predictions, seen = _process(simulate_outputs(args, gt, results), mapping, True, after)
+    coco_results, pickled = _gather(predictions, seen, after)
+    del predictions  # rank 0 keeps the gathered copy
+    before = dict.fromkeys(STAGES, 0.0)
+    if n_ref:
+        ref_outputs = (x for i, x in enumerate(simulate_outputs(args, gt, results)) if i < n_ref)
+        ref_predictions, ref_seen = _process(ref_outputs, mapping, False, before)
+        ref_results, _ = _gather(ref_predictions, ref_seen, before)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "after.json")
+        _timed(after, "json", write_results_json, coco_results, path)
+        if n_ref:
+            ref_path = os.path.join(tmp, "before.json")
+            _timed(before, "json", atomic_write_json, ref_results, ref_path)
+            same = _same_prefix(path, ref_path, len(ref_results))
+        json_mb = os.path.getsize(path) / 2**20
+
+    coco_gt = load_coco_gt(gt, args.backend)  # loaded once and kept by the evaluator: not timed
+    tasks = ["bbox", "segm"]
+    t = time.perf_counter()
+    for task in tasks:
+        check_task_results(coco_gt, coco_results, task)
+    after["checks"] = time.perf_counter() - t
+    before["checks"] = after["checks"] * n_ref / args.num_images  # the same checks, on the same results
+    cocoeval = OrderedDict()
+    aps = {}
+    for task in tasks:
+        t = time.perf_counter()
+        ev = run_cocoeval(coco_gt, coco_results, task, args.backend, check=False)
+        aps[task] = derive_metrics(ev, task)["AP"]
+        cocoeval[task] = time.perf_counter() - t
+    cocoeval_total = sum(cocoeval.values())
+
+    scale = args.num_images / n_ref if n_ref else 0.0
+    measured = f"measured on {n_ref} images and scaled x{scale:.1f}" if n_ref else "not run (--reference-images 0)"
+    print(f"\nper stage: seconds for {args.num_images} images, and their share of COCOeval's {cocoeval_total:.1f}s "
+          f"({args.backend}, bbox+segm, same results); 'before' {measured}")
+    print(f"{'stage':<34}{'before':>10}{'share':>9}{'after':>10}{'share':>9}{'speed-up':>10}")
+    rows = [(_STAGE_TEXT[stage], before[stage] * scale, after[stage]) for stage in STAGES]
+    rows.append(("post-processing, all stages", sum(before.values()) * scale, sum(after.values())))
+    for name, b, a in rows:
+        b_text = f"{b:>9.2f}s{_pct(b, cocoeval_total):>9}" if n_ref else f"{'-':>10}{'-':>9}"
+        speed_up = f"{b / a:>9.1f}x" if n_ref and a > 0 else f"{'-':>10}"
+        print(f"{name:<34}{b_text}{a:>9.2f}s{_pct(a, cocoeval_total):>9}{speed_up}")
+    for task, sec in cocoeval.items():
+        print(f"{'COCOeval ' + task + ' (AP %.1f)' % aps[task]:<34}{sec:>9.2f}s{_pct(sec, cocoeval_total):>9}"
+              f"{sec:>9.2f}s{_pct(sec, cocoeval_total):>9}")
+    print(f"\nresults: {len(coco_results)} detections, json {json_mb:.0f} MB, pickled for the gather "
+          f"{pickled / 2**20:.0f} MB; total benchmark time {time.perf_counter() - t_start:.0f}s")
+    if n_ref and not same:
+        print(f"ERROR: the previous path's results differ on the first {n_ref} images", file=sys.stderr)
+        return 1
+    if n_ref:
+        print(f"the previous path's results json is byte-identical on the first {n_ref} images")
+    return 0
+
+
+def _pct(seconds, total):
+    return f"{100 * seconds / total:.1f}%" if total > 0 else "-"
+
+
+def _same_prefix(path, ref_path, n_ref):
+    """Whether the reference json (n_ref results) is the start of ours, byte for byte."""
+    if n_ref == 0:
+        return True
+    with open(ref_path, "rb") as f:
+        ref = f.read()
+    with open(path, "rb") as f:
+        ours = f.read(len(ref))
+    # ref is "[r1, ..., rk]"; ours continues after rk with ", " or ends with "]".
+    return ours[: len(ref) - 1] == ref[:-1] and ours[len(ref) - 1:len(ref)] in (b"]", b",")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """Model outputs (torchvision convention) -> COCO results-format dicts."""
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
 import pycocotools.mask as mask_util
 import torch
 
 from ..errors import UserError
+from . import masks as _masks
 
 # detectron2's paste_masks_in_image keeps pixels >= 0.5; we match it so that
 # our segm numbers are comparable with detectron2's.
-MASK_THRESHOLD = 0.5
+MASK_THRESHOLD = _masks.MASK_THRESHOLD
 
 
 def encode_masks(masks: torch.Tensor) -> List[dict]:
@@ -26,7 +27,7 @@ def encode_masks(masks: torch.Tensor) -> List[dict]:
     # pycocotools wants a Fortran-ordered (H,W,N) uint8 array. Laying the data out
     # as C-ordered (N,W,H) -- on the model's device, before the copy to the host --
     # makes its numpy transpose exactly that, so the host does no extra copy.
-    arr = masks.to(torch.uint8).transpose(1, 2).contiguous().cpu().numpy().transpose(2, 1, 0)
+    arr = masks.view(torch.uint8).transpose(1, 2).contiguous().cpu().numpy().transpose(2, 1, 0)
     rles = mask_util.encode(arr)
     for rle in rles:
         # bytes are not json-serialisable; pycocotools reads str counts back fine.
@@ -58,14 +59,40 @@ def instances_to_coco_json(
     Boxes become xywh, labels the json's category ids; masks (if present) RLE;
     keypoints (if present) flat [x, y, score, ...] with the per-keypoint score in
     the third slot, as detectron2 writes them (COCOeval reads only x and y).
+
+    Masks come either pasted, as "masks" (N,1,H,W), or as the model's "mask_probs"
+    (N,1,M,M) with the image's "image_size" (h, w), which our models hand over
+    during evaluation (see TrainTestResize): they are pasted here, inside the boxes
+    only, into the same RLEs (masks.py).
     """
+    if int(output["boxes"].shape[0]) == 0:
+        return []
+    return coco_result_dicts(output, image_id, contiguous_id_to_category_id, output_rles(output))
+
+
+def output_rles(output: Mapping[str, torch.Tensor]) -> Optional[List[dict]]:
+    """The RLEs of one image's masks ("masks" or "mask_probs"), or None without masks."""
+    if "masks" in output:
+        return encode_masks(output["masks"].detach())
+    if "mask_probs" in output:
+        return _masks.mask_probs_to_rles(output["mask_probs"].detach(), output["boxes"].detach(), output["image_size"])
+    return None
+
+
+def coco_result_dicts(
+    output: Mapping[str, torch.Tensor],
+    image_id: int,
+    contiguous_id_to_category_id: Mapping[int, int],
+    rles: Optional[List[dict]] = None,
+) -> List[Dict]:
+    """instances_to_coco_json with the masks' RLEs given (None: no segmentation). Each field
+    leaves the tensors in one tolist() per image."""
     boxes = output["boxes"]
-    num = int(boxes.shape[0])
-    if num == 0:
+    if int(boxes.shape[0]) == 0:
         return []
     boxes = boxes.detach().to("cpu", torch.float32).clone()
     boxes[:, 2:] -= boxes[:, :2]
-    scores = output["scores"].detach().cpu().tolist()
+    scores = output["scores"].detach().to("cpu", torch.float64).tolist()  # float64 holds float32 exactly
     labels = output["labels"].detach().cpu().tolist()
     try:
         category_ids = [int(contiguous_id_to_category_id[int(label)]) for label in labels]
@@ -76,12 +103,13 @@ def instances_to_coco_json(
             "the model's number of classes must equal the dataset's categories + 1 (check MODEL.WEIGHTS)"
         ) from None
 
+    image_id = int(image_id)
     results = [
-        {"image_id": int(image_id), "category_id": cat, "bbox": box, "score": float(score)}
+        {"image_id": image_id, "category_id": cat, "bbox": box, "score": score}
         for cat, box, score in zip(category_ids, boxes.tolist(), scores)
     ]
-    if "masks" in output:
-        for res, rle in zip(results, encode_masks(output["masks"].detach())):
+    if rles is not None:
+        for res, rle in zip(results, rles):
             res["segmentation"] = rle
     if "keypoints" in output:
         kpts = output["keypoints"].detach().to("cpu", torch.float32).clone()
@@ -95,7 +123,7 @@ def instances_to_coco_json(
 def infer_tasks(output: Mapping[str, torch.Tensor]) -> set:
     """The COCO tasks one model output supports: bbox always, segm and keypoints when present."""
     tasks = {"bbox"}
-    if "masks" in output:
+    if "masks" in output or "mask_probs" in output:
         tasks.add("segm")
     if "keypoints" in output:
         tasks.add("keypoints")

@@ -1,4 +1,5 @@
 """Run a model over a test loader and feed an evaluator, as detectron2's inference_on_dataset."""
+import contextlib
 import datetime
 import logging
 import time
@@ -30,6 +31,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def masks_left_to_evaluator(model: torch.nn.Module, evaluator):
+    """While inside, a model transform with `paste_masks` (TrainTestResize) leaves its masks
+    unpasted ("mask_probs") if the evaluator says it pastes them (`pastes_masks`): it then
+    pastes only inside the boxes, instead of the model filling whole images."""
+    transforms = []
+    if getattr(evaluator, "pastes_masks", False):
+        transforms = [m for m in model.modules() if getattr(m, "paste_masks", None) is True]
+    for m in transforms:
+        m.paste_masks = False
+    try:
+        yield
+    finally:
+        for m in transforms:
+            m.paste_masks = True
+
+
 def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator):
     """Run `model` on every batch of `data_loader` and return `evaluator.evaluate()`.
 
@@ -55,7 +73,7 @@ def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator):
     start = last_log = time.perf_counter()
     timed_start = None
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), masks_left_to_evaluator(model, evaluator):
             for idx, (images, targets) in enumerate(data_loader):
                 if idx == _NUM_WARMUP:
                     timed_start, model_time, timed_images = time.perf_counter(), 0.0, 0

@@ -2,11 +2,12 @@
 import logging
 
 import torch
+import torchvision
 from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes, resize_keypoints
 
 from ..config.architectures import architecture_targets
 from ..errors import UserError
@@ -22,6 +23,12 @@ class TrainTestResize(GeneralizedRCNNTransform):
 
     Training draws the short side from INPUT.MIN_SIZE_TRAIN (torch RNG, so a resumed
     run draws the same); evaluation uses INPUT.MIN_SIZE_TEST.
+
+    With `paste_masks` False (inference_on_dataset sets it while a COCOEvaluator
+    collects the outputs) the masks are not pasted into the image: an output holds
+    the mask head's "mask_probs" (N,1,28,28) and the original "image_size" (h, w)
+    instead of "masks" (N,1,h,w), and the evaluator pastes them inside the boxes
+    only, into the same RLEs (zenith_det/evaluation/masks.py).
     """
 
     def __init__(self, cfg, **kwargs):
@@ -30,10 +37,23 @@ class TrainTestResize(GeneralizedRCNNTransform):
             False: ((cfg.INPUT.MIN_SIZE_TEST,), cfg.INPUT.MAX_SIZE_TEST),
         }
         super().__init__(*self._sizes[True], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], **kwargs)
+        self.paste_masks = True
 
     def train(self, mode: bool = True):
         self.min_size, self.max_size = self._sizes[mode]
         return super().train(mode)
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        if self.training or self.paste_masks or torchvision._is_tracing():
+            return super().postprocess(result, image_shapes, original_image_sizes)
+        for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
+            if "masks" in pred:
+                pred["mask_probs"] = pred.pop("masks")
+                pred["image_size"] = (int(o_im_s[0]), int(o_im_s[1]))
+            if "keypoints" in pred:
+                pred["keypoints"] = resize_keypoints(pred["keypoints"], im_s, o_im_s)
+        return result
 
 
 def build_model(cfg, metadata) -> torch.nn.Module:
