@@ -151,7 +151,7 @@ def start_lines(res: RaceResults) -> List[str]:
     return lines
 
 
-def grid_lines(res: RaceResults, group: str, key_name: str, key: str) -> List[str]:
+def grid_lines(res: RaceResults, runs, group: str, key_name: str, key: str) -> List[str]:
     seed = res.suite.seeds[0]
     lines = [f"| arm | optimizer | {key_name} | box AP (seed {seed}) | box AP50 |", "|---|---|---|---|---|"]
     arms = res.arms(group)
@@ -162,15 +162,20 @@ def grid_lines(res: RaceResults, group: str, key_name: str, key: str) -> List[st
             partners.append(p)
     for arm in partners + arms:
         v, v50 = res.values(arm).get(seed), res.values(arm, "bbox/AP50").get(seed)
-        setting = _setting(res, arm, key)
+        setting = _setting(runs, arm, key)
         lines.append(f"| {res.labels[arm]} | {res.optimizers.get(arm, '–')} | {setting} | "
                      f"{'–' if v is None else f'{v:.1f}'} | {'–' if v50 is None else f'{v50:.1f}'} |")
     return lines
 
 
-def _setting(res, arm, key) -> str:
-    """The arm's value of `key` where it sets one; its config's otherwise."""
-    return str(res.suite.arm(arm).overrides.get(key, "config"))
+_STATS_KEYS = {"SOLVER.BASE_LR": "base_lr", "SOLVER.ZENITH.WINDOW": "window"}
+
+
+def _setting(runs, arm, key) -> str:
+    """The value of `key` the arm's runs trained with (from their race_stats.json)."""
+    stats = [r["stats"] for r in runs.get(arm, {}).values() if r["stats"]]
+    values = sorted({f"{st[_STATS_KEYS[key]]:g}" for st in stats if st.get(_STATS_KEYS[key]) is not None})
+    return "/".join(values) or "–"
 
 
 def flatness_lines(res: RaceResults) -> List[str]:
@@ -237,11 +242,12 @@ def write_report(suite, out: str, path: str, command: str, notes: str = "") -> N
                                  ("W", "SOLVER.ZENITH.WINDOW", "W"), ("weight decay", None, None)):
         if not res.arms(group):
             continue
-        lines += ["", f"## {GROUP_TITLES[group].capitalize()}", ""]
+        title = GROUP_TITLES[group]
+        lines += ["", f"## {title[0].upper()}{title[1:]}", ""]
         if group == "start":
             lines += start_lines(res)
         elif key:
-            lines += grid_lines(res, group, key_name, key)
+            lines += grid_lines(res, runs, group, key_name, key)
         else:
             lines += arm_table(res, runs, [res.main_partner(a) for a in res.arms(group)] + res.arms(group))
     lines += ["", "## Flatness of the final checkpoints", ""] + flatness_lines(res)
