@@ -101,12 +101,16 @@ def test_seed_noise_decides_what_a_spread_means(tmp_path):
     out = str(tmp_path / "r")
     _fake_race(out, zenith_gain=3.0, lr_gap=(0.5, 10.0))
     res = report.collect(suite, out)[0]
-    sd = res.seed_noise()
-    assert sd == pytest.approx(stats.pooled_sd([list(res.values(a).values()) for a in res.finals if len(res.values(a)) > 1]))
-    noise = stats.single_run_noise(sd)
+    assert res.seed_noise() == pytest.approx(
+        stats.pooled_sd([list(res.values(a).values()) for a in res.finals if len(res.values(a)) > 1]))
+    # a spread of ZENITH's is read against ZENITH's own seed noise
+    sd = stats.Summary(list(res.values("zenith").values())).sd
     row = verdicts.spread_claim(res, "eta0", "SGD")
-    # ZENITH's spread is 0.5 + its seed-0 offset of 0: within the noise
-    assert noise > 0.5 and row["verdict"] == verdicts.SUPPORTED
+    assert f"ZENITH's seed SD {sd:.1f}" in row["numbers"]
+    assert stats.single_run_noise(sd) > 0.5 and row["verdict"] == verdicts.SUPPORTED  # a 0.5 AP spread
+    out = str(tmp_path / "wide")
+    _fake_race(out, zenith_gain=3.0, lr_gap=(2 * stats.single_run_noise(sd), 1.0))
+    assert verdicts.spread_claim(report.collect(suite, out)[0], "eta0", "SGD")["verdict"] == verdicts.REFUTED
 
 
 def test_statistics_against_known_values():

@@ -37,9 +37,9 @@ class RaceResults:
         """The main-comparison arm trained from the same config file (the one `arm` varies)."""
         return next((m for m in self.arms("main") if self.config_of(m) == self.config_of(arm)), None)
 
-    def seed_noise(self, key: str = PRIMARY) -> Optional[float]:
-        """Seed-to-seed standard deviation pooled over every arm run with several seeds."""
-        groups = [list(self.values(a, key).values()) for a in self.finals]
+    def seed_noise(self, key: str = PRIMARY, arms: Optional[List[str]] = None) -> Optional[float]:
+        """Seed-to-seed standard deviation pooled over `arms` (default: every arm run with several seeds)."""
+        groups = [list(self.values(a, key).values()) for a in (arms if arms is not None else self.finals)]
         return pooled_sd([g for g in groups if len(g) > 1])
 
 
@@ -87,12 +87,14 @@ def spread_claim(res: RaceResults, group: str, peer_optimizer: Optional[str]) ->
     against the noise of a single-run difference, and against the peer optimizer's range."""
     seed = res.suite.seeds[0]
     zen = _grid(res, group, "ZENITH", PRIMARY, seed)
-    sd = res.seed_noise()
+    # ZENITH's own seed-to-seed noise: what a difference between two of its single runs can be by chance
+    sd = res.seed_noise(arms=[res.reference])
     if len(zen) < 2 or sd is None:
         return {"numbers": "too few finished runs", "verdict": UNDECIDED}
     noise = single_run_noise(sd)
     z_range = max(zen.values()) - min(zen.values())
-    text = f"ZENITH's range {z_range:.1f} AP over {len(zen)} settings; single-run noise ±{noise:.1f} (seed SD {sd:.1f})"
+    text = (f"ZENITH's range {z_range:.1f} AP over {len(zen)} settings; single-run noise ±{noise:.1f} "
+            f"(ZENITH's seed SD {sd:.1f})")
     peer_range = None
     if peer_optimizer:
         peer = _grid(res, group, peer_optimizer, PRIMARY, seed)
