@@ -181,11 +181,16 @@ def _setting(runs, arm, key) -> str:
 def flatness_lines(res: RaceResults) -> List[str]:
     if not res.sharpness:
         return ["Not measured."]
-    lines = ["| arm | seed | top eigenvalue | power iterations | final step size | 2(1+beta)/eta_final |", "|---|---|---|---|---|---|"]
+    lines = ["The power iteration's last five estimates are given as a range: their spread is how far the "
+             "estimate is from settled.", "",
+             "| arm | seed | top eigenvalue | last 5 estimates | power iterations | final step size | 2(1+beta)/eta_final |",
+             "|---|---|---|---|---|---|---|"]
     for arm, per_seed in res.sharpness.items():
         for seed, s in sorted(per_seed.items()):
             lr, implied = s.get("lr"), s.get("lr_implied")
-            lines.append(f"| {res.labels[arm]} | {seed} | {s['eigenvalue']:.1f} | {len(s['estimates'])} | "
+            tail = s["estimates"][-5:]
+            lines.append(f"| {res.labels[arm]} | {seed} | {s['eigenvalue']:.1f} | {min(tail):.1f}–{max(tail):.1f} | "
+                         f"{len(s['estimates'])} | "
                          f"{'–' if lr is None else f'{lr:.3g}'} | {'–' if implied is None else f'{implied:.0f}'} |")
     return lines
 
