@@ -113,6 +113,26 @@ def test_seed_noise_decides_what_a_spread_means(tmp_path):
     assert verdicts.spread_claim(report.collect(suite, out)[0], "eta0", "SGD")["verdict"] == verdicts.REFUTED
 
 
+def test_a_diverged_grid_point_counts_as_the_worst_a_setting_can_do(tmp_path):
+    """SGD diverging at a large lr is its sensitivity at its plainest: the run left no model,
+    so the grid counts it as 0 AP and says so, rather than dropping it."""
+    suite = race.load_suite(_suite_file(tmp_path, FAKE_SUITE))
+    out = str(tmp_path / "r")
+    _fake_race(out, zenith_gain=0.0, lr_gap=(8.0, 1.0))
+    vdir = os.path.join(out, "sgd_lr0.08", "seed0")
+    for name in os.listdir(vdir):
+        os.remove(os.path.join(vdir, name))
+    with open(os.path.join(vdir, race.FAILED), "w") as f:
+        json.dump({"status": "diverged", "iterations": 42, "optimizer": "SGD", "base_lr": 0.08}, f)
+    res = report.collect(suite, out)[0]
+    row = verdicts.spread_claim(res, "eta0", "SGD")
+    assert "SGD's range 40.0 AP" in row["numbers"] and "SGD 0.08 diverged: counted as 0 AP" in row["numbers"]
+    # ZENITH's 8 AP range is beyond its noise but narrower than SGD's: neither insensitive nor as sensitive
+    assert row["verdict"] == verdicts.UNDECIDED
+    assert "| SGD 0.08 | SGD | 0.08 | diverged at iteration 42 |" in "\n".join(
+        report.grid_lines(res, report.collect(suite, out)[1], "eta0", "lr", "SOLVER.BASE_LR"))
+
+
 def test_statistics_against_known_values():
     s = stats.Summary([1.0, 2.0, 3.0])
     assert s.mean == 2.0 and s.sd == 1.0

@@ -40,19 +40,23 @@ def final_metrics(records) -> dict:
 def collect(suite, out: str):
     """(RaceResults, {arm: {seed: run}}) from what is on disk; only finished runs count."""
     runs: Dict[str, Dict[int, dict]] = OrderedDict()
-    finals, optimizers, sharp = OrderedDict(), {}, {}
+    finals, optimizers, sharp, diverged = OrderedDict(), {}, {}, {}
     for arm in suite.arms:
         for seed in arm.seeds:
             run = race.load_run(out, arm, seed)
             if run is None:
                 continue
             runs.setdefault(arm.name, {})[seed] = run
+            failed = run["failed"] or {}
+            if failed.get("status") == "diverged":
+                diverged.setdefault(arm.name, {})[seed] = failed.get("iterations")
+                optimizers.setdefault(arm.name, failed.get("optimizer"))
             if run["stats"]:
                 finals.setdefault(arm.name, {})[seed] = final_metrics(run["records"])
                 optimizers[arm.name] = run["stats"]["optimizer"]
                 if run["sharpness"]:
                     sharp.setdefault(arm.name, {})[seed] = run["sharpness"]
-    return RaceResults(suite, finals, optimizers, sharp), runs
+    return RaceResults(suite, finals, optimizers, sharp, diverged), runs
 
 
 def _cell(res, arm, key) -> str:
@@ -160,11 +164,13 @@ def grid_lines(res: RaceResults, runs, group: str, key_name: str, key: str) -> L
         p = res.main_partner(a)
         if p and p not in partners:
             partners.append(p)
-    for arm in partners + arms:
+    for arm in partners + [a.name for a in res.suite.arms if a.group == group]:
         v, v50 = res.values(arm).get(seed), res.values(arm, "bbox/AP50").get(seed)
+        gone = res.diverged.get(arm, {})
+        ap = f"diverged at iteration {gone[seed]}" if seed in gone else "–" if v is None else f"{v:.1f}"
         setting = _setting(runs, arm, key)
         lines.append(f"| {res.labels[arm]} | {res.optimizers.get(arm, '–')} | {setting} | "
-                     f"{'–' if v is None else f'{v:.1f}'} | {'–' if v50 is None else f'{v50:.1f}'} |")
+                     f"{ap} | {'–' if v50 is None else f'{v50:.1f}'} |")
     return lines
 
 
@@ -173,7 +179,7 @@ _STATS_KEYS = {"SOLVER.BASE_LR": "base_lr", "SOLVER.ZENITH.WINDOW": "window"}
 
 def _setting(runs, arm, key) -> str:
     """The value of `key` the arm's runs trained with (from their race_stats.json)."""
-    stats = [r["stats"] for r in runs.get(arm, {}).values() if r["stats"]]
+    stats = [r["stats"] or r["failed"] for r in runs.get(arm, {}).values() if r["stats"] or r["failed"]]
     values = sorted({f"{st[_STATS_KEYS[key]]:g}" for st in stats if st.get(_STATS_KEYS[key]) is not None})
     return "/".join(values) or "–"
 

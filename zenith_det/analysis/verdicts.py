@@ -19,8 +19,10 @@ class RaceResults:
     optimizers, groups and labels; `reference` is ZENITH's main arm."""
 
     def __init__(self, suite, finals: Dict[str, Dict[int, dict]], optimizers: Dict[str, str],
-                 sharpness: Dict[str, Dict[int, dict]]):
+                 sharpness: Dict[str, Dict[int, dict]], diverged: Optional[Dict[str, Dict[int, int]]] = None):
         self.suite, self.finals, self.optimizers, self.sharpness = suite, finals, optimizers, sharpness
+        # arm -> seed -> the iteration at which the run diverged (no model to evaluate)
+        self.diverged = diverged or {}
         self.reference = suite.reference
         self.labels = {a.name: a.label for a in suite.arms}
 
@@ -75,11 +77,23 @@ def compare_against(res: RaceResults, others: List[str]) -> dict:
 
 
 def _grid(res: RaceResults, group: str, optimizer: str, key: str, seed: int) -> Dict[str, float]:
-    """{arm: value} of the `group` arms of `optimizer` at `seed`, with their main partner."""
-    arms = [a for a in res.arms(group) if res.optimizers.get(a) == optimizer]
+    """{arm: value} of the `group` arms of `optimizer` at `seed`, with their main partner. A run
+    that diverged counts as 0 AP: it left no model, the worst a setting can do."""
+    arms = [a for a in res.suite.arms if a.group == group and res.optimizers.get(a.name) == optimizer]
+    arms = [a.name for a in arms]
     partner = res.main_partner(arms[0]) if arms else None
-    out = {a: res.values(a, key).get(seed) for a in ([partner] if partner else []) + arms}
-    return {a: v for a, v in out.items() if v is not None}
+    out = {}
+    for a in ([partner] if partner else []) + arms:
+        if seed in res.diverged.get(a, {}):
+            out[a] = 0.0
+        elif res.values(a, key).get(seed) is not None:
+            out[a] = res.values(a, key)[seed]
+    return out
+
+
+def _diverged_text(res: RaceResults, arms, seed: int) -> str:
+    gone = [res.labels[a] for a in arms if seed in res.diverged.get(a, {})]
+    return f" ({', '.join(gone)} diverged: counted as 0 AP)" if gone else ""
 
 
 def spread_claim(res: RaceResults, group: str, peer_optimizer: Optional[str]) -> dict:
@@ -93,14 +107,14 @@ def spread_claim(res: RaceResults, group: str, peer_optimizer: Optional[str]) ->
         return {"numbers": "too few finished runs", "verdict": UNDECIDED}
     noise = single_run_noise(sd)
     z_range = max(zen.values()) - min(zen.values())
-    text = (f"ZENITH's range {z_range:.1f} AP over {len(zen)} settings; single-run noise ±{noise:.1f} "
-            f"(ZENITH's seed SD {sd:.1f})")
+    text = (f"ZENITH's range {z_range:.1f} AP over {len(zen)} settings{_diverged_text(res, zen, seed)}; "
+            f"single-run noise ±{noise:.1f} (ZENITH's seed SD {sd:.1f})")
     peer_range = None
     if peer_optimizer:
         peer = _grid(res, group, peer_optimizer, PRIMARY, seed)
         if len(peer) >= 2:
             peer_range = max(peer.values()) - min(peer.values())
-            text += f"; {peer_optimizer}'s range {peer_range:.1f} AP over the same grid"
+            text += f"; {peer_optimizer}'s range {peer_range:.1f} AP over the same grid{_diverged_text(res, peer, seed)}"
     if z_range <= noise:
         verdict = SUPPORTED
     elif peer_range is None or z_range >= peer_range:
