@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         # The baselines and matplotlib too, so CI runs tests/test_baselines.py and
-        # tests/test_compare.py instead of skipping them (all small, pure-python wheels but matplotlib).
+        # tests/test_race.py instead of skipping them (all small, pure-python wheels but matplotlib).
         "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.4", "faster-coco-eval>=1.6", "matplotlib>=3.7"] + BASELINES,
         # The optimizers tools/compare.py races ZENITH against (zenith_det/solver/baselines.py).
         "baselines": BASELINES,
