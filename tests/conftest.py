@@ -14,7 +14,7 @@ FAST_CLI = [
     "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
     "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2",
     "SOLVER.WARMUP_ITERS", "2", "SOLVER.ZENITH.WINDOW", "5", "DATALOADER.NUM_WORKERS", "0",
-    "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "LOG_PERIOD", "1", "DETERMINISTIC", "True",
+    "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "TEST.PRECISE_BN.NUM_ITER", "2", "LOG_PERIOD", "1", "DETERMINISTIC", "True",
 ]
 
 
@@ -78,6 +78,9 @@ def tiny_cfg(datasets_root, tmp_path):
             "DATALOADER.NUM_WORKERS", "0",
             "DATASETS.TEST", "()",
             "TEST.EVAL_PERIOD", "0",
+            # methods evaluated at other weights than they train recompute BatchNorm statistics
+            # before evaluations and checkpoints: a few batches are enough at test size
+            "TEST.PRECISE_BN.NUM_ITER", "2",
             "LOG_PERIOD", "2",
             "DETERMINISTIC", "True",
             "OUTPUT_DIR", str(tmp_path / "out"),
