@@ -32,7 +32,7 @@ Workers per GPU: detectron2's published R50-FPN 1x speeds on 8 V100s (16 images 
 mask_rcnn 0.261 s/iter = 7.7 images/s per GPU, keypoint_rcnn 0.315 s/iter = 6.3 images/s per GPU, divided
 by one worker's images/s (one core per worker; real COCO images, other CPUs and libjpeg builds differ).
 
-    python tools/benchmark_loader.py                        # 300 images of each kind, 5 rounds (~4 min on 2 cores)
+    python tools/benchmark_loader.py                        # 300 images of each kind, 5 rounds (~2 min on 2 cores)
     python tools/benchmark_loader.py --images 4 --rounds 1 --size 48 64    # smoke run
     python tools/benchmark_loader.py --profile 40           # also cProfile our mapping on 40 images of each kind
 """

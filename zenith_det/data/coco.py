@@ -188,9 +188,10 @@ def read_image(path, expected_size=None, image_root=""):
     """float32 RGB tensor (3, H, W) in [0, 1]; `expected_size` is the json's (width, height).
 
     JPEGs of 1 or 3 components (COCO's) are decoded by torchvision.io.decode_jpeg
-    (libjpeg-turbo, straight to (C, H, W)): 1.3-1.6x PIL's decode and conversion at
-    640x480, same pixels. Anything else, and any JPEG decode_jpeg refuses or whose
-    upright size is not the json's, goes through PIL as before.
+    (libjpeg-turbo, straight to (C, H, W)): 1.25x PIL's path to this float32 tensor at
+    640x480 (1.45x for the decode alone; tools/benchmark_loader.py), same pixels here.
+    Anything else, and any JPEG decode_jpeg refuses or whose upright size is not the
+    json's, goes through PIL as before.
     """
     try:
         data = _read_bytes(path)
