@@ -6,11 +6,20 @@ belong to the wrong weights altogether. fvcore's `update_bn_stats` recomputes th
 true average over fixed weights; this module feeds it training batches.
 """
 import itertools
+import warnings
 
 import torch
-from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
 
 from ..utils.rng import rng_state, set_rng_state
+
+
+def _fvcore_precise_bn():
+    """fvcore.nn.precise_bn, imported when first needed: importing fvcore.nn scripts functions
+    with torch.jit, whose deprecation warning would otherwise greet every command at start."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        from fvcore.nn import precise_bn
+    return precise_bn
 
 
 class _TrainingForward(torch.nn.Module):
@@ -36,6 +45,8 @@ def recompute_bn_stats(model: torch.nn.Module, batches, num_batches: int) -> int
     proposals in training mode) are left as they were, so a run that recomputes the
     statistics draws the same training stream as one that does not.
     """
+    precise_bn = _fvcore_precise_bn()
+    get_bn_modules, update_bn_stats = precise_bn.get_bn_modules, precise_bn.update_bn_stats
     model = model.module if hasattr(model, "module") else model  # DDP: each rank its own, as in training
     was_training = model.training
     model.train()
