@@ -183,8 +183,7 @@ def run_suite(suite: Suite, out: str, jobs: int = 1, only: Optional[Sequence[str
         if os.path.isdir(vdir) and not resume:
             shutil.rmtree(vdir)  # killed before its first checkpoint: start clean
         pending.append((arm, seed, resume))
-    threads = max((os.cpu_count() or 1) // max(jobs, 1), 1)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), ZENITH_RACE_THREADS=str(threads))
+    env = _child_env(jobs)
     running: Dict[str, subprocess.Popen] = {}
     codes: Dict[str, int] = {}
     started: Dict[str, float] = {}
@@ -230,6 +229,12 @@ def run_suite(suite: Suite, out: str, jobs: int = 1, only: Optional[Sequence[str
     return codes
 
 
+def _child_env(jobs: int) -> Dict[str, str]:
+    """The environment of a run: its share of the cores (cores // jobs torch threads)."""
+    threads = max((os.cpu_count() or 1) // max(jobs, 1), 1)
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), ZENITH_RACE_THREADS=str(threads))
+
+
 def _say(message: str) -> None:
     print(message, flush=True)  # a race's log is usually a file: each line as it happens
 
@@ -251,8 +256,7 @@ def run_sharpness(suite: Suite, out: str, num_batches: int, iters: int, jobs: in
             if os.path.exists(os.path.join(vdir, STATS)) and os.path.exists(ckpt) and not os.path.exists(os.path.join(vdir, SHARPNESS)):
                 todo.append([sys.executable, "-m", "zenith_det.analysis.race_run", "--sharpness", ckpt,
                              os.path.join(vdir, SHARPNESS), str(num_batches), str(iters)])
-    threads = max((os.cpu_count() or 1) // max(jobs, 1), 1)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), ZENITH_RACE_THREADS=str(threads))
+    env = _child_env(jobs)
     running: List[subprocess.Popen] = []
     while todo or running:
         while todo and len(running) < max(jobs, 1):

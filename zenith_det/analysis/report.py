@@ -11,6 +11,7 @@ import platform
 from collections import OrderedDict
 from typing import Dict, List
 
+from ..utils.fileio import atomic_write_text
 from . import race
 from .metrics import series
 from .overhead import ratio_summary, within_noise
@@ -289,6 +290,4 @@ def write_report(suite, out: str, path: str, command: str, notes: str = "") -> N
               "R50-FPN on COCO for 24 hours, the paper's setting.",
               ""]
     os.makedirs(report_dir, exist_ok=True)
-    from ..utils.fileio import atomic_write_text
-
     atomic_write_text("\n".join(lines), path)

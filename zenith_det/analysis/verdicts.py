@@ -79,8 +79,7 @@ def compare_against(res: RaceResults, others: List[str]) -> dict:
 def _grid(res: RaceResults, group: str, optimizer: str, key: str, seed: int) -> Dict[str, float]:
     """{arm: value} of the `group` arms of `optimizer` at `seed`, with their main partner. A run
     that diverged counts as 0 AP: it left no model, the worst a setting can do."""
-    arms = [a for a in res.suite.arms if a.group == group and res.optimizers.get(a.name) == optimizer]
-    arms = [a.name for a in arms]
+    arms = [a.name for a in res.suite.arms if a.group == group and res.optimizers.get(a.name) == optimizer]
     partner = res.main_partner(arms[0]) if arms else None
     out = {}
     for a in ([partner] if partner else []) + arms:

@@ -46,19 +46,19 @@ def recompute_bn_stats(model: torch.nn.Module, batches, num_batches: int) -> int
     statistics draws the same training stream as one that does not.
     """
     precise_bn = _fvcore_precise_bn()
-    get_bn_modules, update_bn_stats = precise_bn.get_bn_modules, precise_bn.update_bn_stats
     model = model.module if hasattr(model, "module") else model  # DDP: each rank its own, as in training
     was_training = model.training
     model.train()
-    if not get_bn_modules(model):
+    bn_layers = precise_bn.get_bn_modules(model)  # those in training mode, hence after model.train()
+    if not bn_layers:
         model.train(was_training)
         return 0
     saved = rng_state()
     # num_batches_tracked counts training batches; these forwards are not training
-    counters = [(m, m.num_batches_tracked.clone()) for m in get_bn_modules(model) if m.num_batches_tracked is not None]
+    counters = [(m, m.num_batches_tracked.clone()) for m in bn_layers if m.num_batches_tracked is not None]
     try:
         device = next(model.parameters()).device
-        update_bn_stats(_TrainingForward(model, device), itertools.islice(batches, num_batches), num_batches)
+        precise_bn.update_bn_stats(_TrainingForward(model, device), itertools.islice(batches, num_batches), num_batches)
     finally:
         set_rng_state(saved)
         for m, count in counters:

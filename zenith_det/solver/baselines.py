@@ -41,10 +41,14 @@ EXTRA = "baselines"
 # DoG's authors: reps_rel 1e-6, but 1e-4 "if the model uses batch-normalization",
 # which the detection models here do.
 DOG_REPS_REL = 1e-4
+# The polynomial-decay averaging of DoG's authors' examples.
+DOG_AVERAGER_GAMMA = 8.0
 
 # The automatic methods carry their own step size: after warmup, a constant schedule.
 _AUTOMATIC = dict(lr_schedule="WarmupConstantLR", extra=EXTRA)
 _PYTORCH_OPTIMIZER = dict(package="pytorch-optimizer", module="pytorch_optimizer", **_AUTOMATIC)
+
+
 def _dog_averager(model):
     """DoG's authors evaluate the polynomial-decay average of the iterates (their
     `PolynomialDecayAverager`, gamma 8 as in their examples), not the last iterate."""
@@ -53,7 +57,6 @@ def _dog_averager(model):
     return dog.PolynomialDecayAverager(model, gamma=DOG_AVERAGER_GAMMA)
 
 
-DOG_AVERAGER_GAMMA = 8.0
 # The averaged model's BatchNorm statistics are an average of statistics gathered at other
 # weights: they are recomputed at the averaged weights before evaluation, as for schedule-free.
 _DOG = dict(package="dog-optimizer", module="dog", preset_lr=1.0, iterate_averager=_dog_averager,
