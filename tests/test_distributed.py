@@ -17,9 +17,16 @@ ITERS = 4
 class RecordMultiplier(HookBase):
     def __init__(self):
         self.values = []
+        self.norms = []  # (the norm ZENITH used, the float64 norm of the gradients)
+        self.grad_storages = []  # (gradients, distinct storages they live in)
 
     def after_step(self):
-        self.values.append(lr_multiplier_source(self.trainer.optimizer).multiplier().item())
+        optimizer = self.trainer.optimizer
+        self.values.append(lr_multiplier_source(optimizer).multiplier().item())
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        exact = sum(float(g.double().pow(2).sum()) for g in grads) ** 0.5
+        self.norms.append((optimizer.last_grad_norm().item(), exact))
+        self.grad_storages.append((len(grads), len({g.untyped_storage().data_ptr() for g in grads})))
 
 
 def train_and_save(cfg_file, out_file_pattern):
@@ -32,7 +39,8 @@ def train_and_save(cfg_file, out_file_pattern):
     trainer.resume_or_load(resume=False)
     trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
-    torch.save({"multipliers": recorder.values, "model": model.state_dict()},
+    torch.save({"multipliers": recorder.values, "norms": recorder.norms, "grad_storages": recorder.grad_storages,
+                "model": model.state_dict()},
                out_file_pattern.format(rank=comm.get_rank()))
 
 
@@ -72,6 +80,14 @@ def test_two_process_gloo_matches_single_process(tiny_cfg, tmp_path):
     # ... and ends with the same weights.
     for key, value in ranks[0]["model"].items():
         assert torch.equal(value, ranks[1]["model"][key]), key
+    # The gradients are views into DDP's few buckets (no copy of their own), and the
+    # norm ZENITH reads from those buckets is that of the averaged gradients, to the
+    # float32 dot's accuracy (its lanes sum naively: a few 1e-6; a rank's own,
+    # unaveraged gradients would be off by far more).
+    for n_grads, n_storages in ranks[0]["grad_storages"]:
+        assert n_storages < n_grads / 10
+    for used, exact in ranks[0]["norms"]:
+        assert used == pytest.approx(exact, rel=1e-5)
 
     single_cfg = _ddp_cfg(tiny_cfg, str(tmp_path / "single"))
     single_file = tmp_path / "single.yaml"
