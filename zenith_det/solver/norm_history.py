@@ -6,7 +6,7 @@ it a norm never makes the host wait for the device.
 """
 from collections import defaultdict
 import logging
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
@@ -18,16 +18,16 @@ logger = logging.getLogger(__name__)
 # Below this many elements a gradient joins the single _foreach_norm call on the CPU
 # (measured on the Mask R-CNN parameter set: per-call overhead outweighs the faster dot).
 _MIN_DOT_NUMEL = 1 << 16
-# A run of back-to-back gradients is reduced in pieces of this many elements. A float32
-# dot sums in a few vector lanes, and a run mixes layers whose gradients differ by
-# orders of magnitude: on one step's Mask R-CNN gradients laid out as one buffer,
-# pieces of 2^20 lost 2.8e-6 of the norm and pieces of 2^18 2e-7 (a dot per tensor:
-# 6e-8), and the 2^18 pieces still read the 44.45M gradients 1 ms faster than a dot
-# per tensor (measured on 2 cores).
+# On the CPU a run of back-to-back gradients is reduced in pieces of this many
+# elements. A float32 dot sums in a few vector lanes, and a run mixes layers whose
+# gradients differ by orders of magnitude: on one step's Mask R-CNN gradients laid
+# out as one buffer, pieces of 2^20 lost 2.8e-6 of the norm and pieces of 2^18 2e-7
+# (a dot per tensor: 1e-6), and the 2^18 pieces still read the 44.45M gradients
+# about 1 ms faster than a dot per tensor (measured on 2 cores).
 _RUN_PIECE_NUMEL = 1 << 18
 
 
-def _merge_back_to_back(grads: List[torch.Tensor]) -> List[torch.Tensor]:
+def _merge_back_to_back(grads: List[torch.Tensor], piece_numel: Optional[int] = None) -> List[torch.Tensor]:
     """`grads`, with each run of gradients that lie back to back in one storage as one flat tensor.
 
     Such runs are what DDP's ``gradient_as_bucket_view=True`` (the trainer's setting)
@@ -37,7 +37,8 @@ def _merge_back_to_back(grads: List[torch.Tensor]) -> List[torch.Tensor]:
     or counted twice that the per-tensor sum would not have. The runs come in the
     order of their first gradient in `grads`, never by address: DDP ranks hold their
     buckets at different addresses and must still sum in the same order, to agree
-    on the norm to the last bit.
+    on the norm to the last bit. With `piece_numel`, each run comes in pieces of
+    that many elements (see _RUN_PIECE_NUMEL).
     """
     ptrs = [g.data_ptr() for g in grads]
     # The common case, gradients allocated one by one: no tensor starts where another ends.
@@ -60,14 +61,14 @@ def _merge_back_to_back(grads: List[torch.Tensor]) -> List[torch.Tensor]:
         else:
             runs.append((i, [g]))
     runs += [(i, [g]) for i, g in enumerate(grads) if not g.is_contiguous()]  # (empty ones add nothing)
-    return [piece for _, run in sorted(runs, key=lambda r: r[0]) for piece in _run_pieces(run)]
+    return [piece for _, run in sorted(runs, key=lambda r: r[0]) for piece in _run_pieces(run, piece_numel)]
 
 
-def _run_pieces(run: List[torch.Tensor]) -> List[torch.Tensor]:
+def _run_pieces(run: List[torch.Tensor], piece_numel: Optional[int]) -> List[torch.Tensor]:
     if len(run) == 1:
         return run
     flat = torch.as_strided(run[0], (sum(g.numel() for g in run),), (1,), run[0].storage_offset())
-    return list(flat.split(_RUN_PIECE_NUMEL))
+    return list(flat.split(piece_numel)) if piece_numel else [flat]
 
 
 def global_grad_norm(grads: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -92,7 +93,9 @@ def global_grad_norm(grads: Iterable[torch.Tensor], device: torch.device) -> tor
     parts = []  # 1-D tensors of per-tensor norms, one or two per device
     for dev, dev_grads in by_device.items():
         dots, full, low = [], [], []
-        for g in _merge_back_to_back(dev_grads):
+        # (On other devices a run stays whole: their reductions sum in trees, and fewer
+        # tensors is the point there, where issuing each costs host time.)
+        for g in _merge_back_to_back(dev_grads, _RUN_PIECE_NUMEL if dev.type == "cpu" else None):
             if g.dtype not in (torch.float32, torch.float64):
                 low.append(g)
             elif dev.type == "cpu" and g.numel() >= _MIN_DOT_NUMEL and g.is_contiguous():
