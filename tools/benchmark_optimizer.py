@@ -8,7 +8,9 @@ machine load hits every optimizer alike. Each row's ratio is to its named peer
 (SGD(fused) with the same weight decay; AdamW(fused) for the AdamW rows), and
 "spread" is the lowest and highest ratio over --blocks consecutive blocks of
 rounds: a difference inside that range is noise. On CUDA the steps are timed
-with CUDA events.
+with CUDA events. The "floor" row times one read of every gradient (a dot over
+one flat buffer of their size): a norm taken in its own pass reads at least
+that, so Zenith/SGD(fused) cannot fall below 1 + its ratio on the machine.
 
     python tools/benchmark_optimizer.py                # CPU, weight decay 1e-4 and 0
     python tools/benchmark_optimizer.py --device cuda  # GPU, also checks no sync
@@ -157,6 +159,11 @@ def main():
     steps["  part: global grad norm"] = lambda: global_grad_norm(zenith_grads, device)
     part_history = NormHistory(500, device)
     steps["  part: NormHistory.update"] = lambda: part_history.update(torch.ones((), device=device))
+    # What any norm taken in its own pass must read: every gradient once, here as one dot
+    # over one flat buffer of the same size (the fastest read; tools/benchmark_grad_norm.py
+    # compares the ways).
+    one_buffer = torch.randn(sum(g.numel() for g in zenith_grads), device=device)
+    steps["  floor: one read of the grads"] = lambda: torch.dot(one_buffer, one_buffer)
     for name in steps:
         peers.setdefault(name, f"SGD(fused) wd={args.weight_decay[0]:g}")
     times = {name: [] for name in steps}
@@ -192,6 +199,8 @@ def main():
             print(f"Zenith overhead over fused SGD per iteration, wd={wd:g}: {100 * (zen - sgd) / (fwd_bwd + sgd):.3f}% (paper: 1.3%)")
         adam_extra = med["AdamW(fused)+ZenithScheduler"] - med["AdamW(fused)"]
         print(f"ZenithScheduler overhead per AdamW iteration: {100 * adam_extra / (fwd_bwd + med['AdamW(fused)']):.3f}%")
+    floor, _, _ = ratio_and_spread(times, "  floor: one read of the grads", peers["  floor: one read of the grads"], args.blocks)
+    print(f"floor for Zenith/SGD(fused) on this machine (a fused step plus one read of the grads): {1 + floor:.3f}")
     print(f"host syncs in Zenith.step(): {sync}")
 
 

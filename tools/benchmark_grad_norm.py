@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""The ways to take ZENITH's global gradient norm, measured against each other.
+
+On the parameter set of torchvision's maskrcnn_resnet50_fpn (44.45M parameters),
+each way's time is a fraction of one fused SGD step on the same parameters
+(torch.optim.SGD(fused=True), momentum 0.9, weight decay 1e-4): Zenith's step is
+that step plus its norm, so 1 + fraction is the Zenith/SGD ratio the way allows.
+
+  shipped, per tensor        global_grad_norm on gradients allocated one by one
+  shipped, DDP bucket views  the same function on gradients that are views into
+                             25 MiB buckets, as DDP leaves them with
+                             gradient_as_bucket_view=True (the trainer's setting)
+  torch.compile              inductor's fused sum of squares over the same list
+  floor: one read            torch.dot over one flat buffer of all 44.45M values:
+                             what a norm in its own pass must read; no way that
+                             reads the gradients after backward can cost less
+  in backward (hooks)        a dot per parameter in register_post_accumulate_grad_hook,
+                             while the gradient is fresh; measured as the hooks'
+                             own time summed over a real backward (a lower bound
+                             of what they add to it), at --image-size
+
+Rounds are interleaved, medians reported, and "spread" is the lowest and highest
+ratio over --blocks blocks of rounds.
+
+    python tools/benchmark_grad_norm.py
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torchvision
+
+from zenith_det.solver import global_grad_norm
+
+BUCKET_BYTES = 25 * 1024 * 1024  # DDP's default bucket_cap_mb
+
+
+def detection_model(image_size=None):
+    kwargs = dict(min_size=image_size, max_size=image_size) if image_size else {}
+    return torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **kwargs)
+
+
+def bucket_views(shapes, gen):
+    """Gradients as views into buckets of about BUCKET_BYTES, filled in reverse order as DDP does."""
+    views, bucket, size = [None] * len(shapes), [], 0
+    groups = []
+    for i in reversed(range(len(shapes))):
+        bucket.append(i)
+        size += shapes[i].numel() * 4
+        if size >= BUCKET_BYTES:
+            groups.append(bucket)
+            bucket, size = [], 0
+    if bucket:
+        groups.append(bucket)
+    for group in groups:
+        flat = torch.randn(sum(shapes[i].numel() for i in group), generator=gen)
+        offset = 0
+        for i in group:
+            views[i] = flat[offset:offset + shapes[i].numel()].view(shapes[i])
+            offset += shapes[i].numel()
+    return views
+
+
+def compiled_norm():
+    def sum_of_squares(grads):
+        return torch.stack([g.float().pow(2).sum() for g in grads]).sum().sqrt()
+
+    return torch.compile(sum_of_squares, dynamic=False)
+
+
+def hooks_seconds(image_size, reps):
+    """Median over `reps` backward passes of the summed time of per-parameter norm hooks."""
+    model = detection_model(image_size)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    squares = torch.zeros(len(params))
+    spent = [0.0]
+
+    def make_hook(i):
+        def hook(p):
+            t0 = time.perf_counter()
+            g = p.grad
+            squares[i] = torch.dot(g.view(-1), g.view(-1)) if g.is_contiguous() else g.pow(2).sum()
+            spent[0] += time.perf_counter() - t0
+        return hook
+
+    for i, p in enumerate(params):
+        p.register_post_accumulate_grad_hook(make_hook(i))
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, image_size, image_size, generator=gen) for _ in range(2)]
+    box = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.9]]) * image_size
+    masks = torch.zeros(2, image_size, image_size, dtype=torch.uint8)
+    for m, (x0, y0, x1, y1) in zip(masks, box.int().tolist()):
+        m[y0:y1, x0:x1] = 1
+    targets = [{"boxes": box, "labels": torch.tensor([1, 2]), "masks": masks} for _ in images]
+    times = []
+    for _ in range(reps + 1):  # the first one warms up
+        model.zero_grad(set_to_none=True)
+        spent[0] = 0.0
+        sum(model(images, targets).values()).backward()
+        times.append(spent[0])
+        exact = sum(float(p.grad.double().pow(2).sum()) for p in params) ** 0.5
+        assert abs(float(squares.sum().sqrt()) - exact) <= 1e-4 * exact, "the hooks missed a gradient"
+    return statistics.median(times[1:])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (this project's machines have 2)")
+    parser.add_argument("--image-size", type=int, default=320, help="for the backward the hooks run in")
+    parser.add_argument("--hook-reps", type=int, default=3, help="0 skips the in-backward way")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles for minutes)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+
+    shapes = [p.shape for p in detection_model().parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    separate = [p.grad for p in params]
+    views = bucket_views(shapes, gen)
+    flat = torch.randn(sum(s.numel() for s in shapes), generator=gen)
+    sgd = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4, fused=True)
+    sgd.step()
+
+    ways = {
+        "SGD(fused) step": sgd.step,
+        "shipped, per tensor": lambda: global_grad_norm(separate, device),
+        "shipped, DDP bucket views": lambda: global_grad_norm(views, device),
+        "floor: one read": lambda: torch.dot(flat, flat),
+    }
+    if not args.no_compile:
+        compiled = compiled_norm()
+        t0 = time.perf_counter()
+        compiled(separate)
+        print(f"torch.compile: compiled in {time.perf_counter() - t0:.0f} s")
+        ways["torch.compile"] = lambda: compiled(separate)
+    times = {name: [] for name in ways}
+    for _ in range(args.rounds):
+        for name, way in ways.items():
+            t0 = time.perf_counter()
+            way()
+            times[name].append(time.perf_counter() - t0)
+
+    step = statistics.median(times["SGD(fused) step"])
+    size = max(1, args.rounds // args.blocks)
+    print(f"threads={args.threads} params={sum(s.numel() for s in shapes) / 1e6:.2f}M rounds={args.rounds}")
+    print(f"{'way':30s} {'ms':>8s} {'/SGD step':>10s} {'spread':>13s}")
+    for name, t in times.items():
+        per_block = [
+            statistics.median(t[i:i + size]) / statistics.median(times["SGD(fused) step"][i:i + size])
+            for i in range(0, size * args.blocks, size)
+        ]
+        med = statistics.median(t)
+        print(f"{name:30s} {med * 1e3:8.2f} {med / step:10.3f} {min(per_block):6.3f}-{max(per_block):6.3f}")
+    if args.hook_reps > 0:
+        hooks = hooks_seconds(args.image_size, args.hook_reps)
+        print(f"{'in backward (hooks, own time)':30s} {hooks * 1e3:8.2f} {hooks / step:10.3f}   (one backward at "
+              f"{args.image_size}px, 2 images; against the step's median above)")
+
+
+if __name__ == "__main__":
+    main()
