@@ -20,9 +20,12 @@ that step plus its norm, so 1 + fraction is the Zenith/SGD ratio the way allows.
                              of what they add to it), at --image-size
 
 Rounds are interleaved, medians reported, and "spread" is the lowest and highest
-ratio over --blocks blocks of rounds.
+ratio over --blocks blocks of rounds. On CUDA each way is timed from issue to
+completion (synchronized before and after), since issuing is what a norm over
+many tensors costs there; the hooks way runs on the CPU only.
 
     python tools/benchmark_grad_norm.py
+    python tools/benchmark_grad_norm.py --device cuda --no-compile
 """
 import argparse
 import statistics
@@ -41,7 +44,7 @@ def detection_model(image_size=None):
     return torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **kwargs)
 
 
-def bucket_views(shapes, gen):
+def bucket_views(shapes, gen, device="cpu"):
     """Gradients as views into buckets of about BUCKET_BYTES, filled in reverse order as DDP does."""
     views, bucket, size = [None] * len(shapes), [], 0
     groups = []
@@ -54,7 +57,7 @@ def bucket_views(shapes, gen):
     if bucket:
         groups.append(bucket)
     for group in groups:
-        flat = torch.randn(sum(shapes[i].numel() for i in group), generator=gen)
+        flat = torch.randn(sum(shapes[i].numel() for i in group), generator=gen).to(device)
         offset = 0
         for i in group:
             views[i] = flat[offset:offset + shapes[i].numel()].view(shapes[i])
@@ -105,26 +108,38 @@ def hooks_seconds(image_size, reps):
     return statistics.median(times[1:])
 
 
+def seconds(fn, device):
+    """Wall time of fn() from issue to completion."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (this project's machines have 2)")
     parser.add_argument("--image-size", type=int, default=320, help="for the backward the hooks run in")
-    parser.add_argument("--hook-reps", type=int, default=3, help="0 skips the in-backward way")
+    parser.add_argument("--hook-reps", type=int, default=3, help="0 skips the in-backward way (CPU only)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles for minutes)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
 
     shapes = [p.shape for p in detection_model().parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(device)) for s in shapes]
     for p in params:
-        p.grad = torch.randn(p.shape, generator=gen)
+        p.grad = torch.randn(p.shape, generator=gen).to(device)
     separate = [p.grad for p in params]
-    views = bucket_views(shapes, gen)
-    flat = torch.randn(sum(s.numel() for s in shapes), generator=gen)
+    views = bucket_views(shapes, gen, device)
+    flat = torch.randn(sum(s.numel() for s in shapes), generator=gen).to(device)
     sgd = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4, fused=True)
     sgd.step()
 
@@ -143,13 +158,11 @@ def main(argv=None):
     times = {name: [] for name in ways}
     for _ in range(args.rounds):
         for name, way in ways.items():
-            t0 = time.perf_counter()
-            way()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(seconds(way, device))
 
     step = statistics.median(times["SGD(fused) step"])
     size = max(1, args.rounds // args.blocks)
-    print(f"threads={args.threads} params={sum(s.numel() for s in shapes) / 1e6:.2f}M rounds={args.rounds}")
+    print(f"device={device} threads={args.threads} params={sum(s.numel() for s in shapes) / 1e6:.2f}M rounds={args.rounds}")
     print(f"{'way':30s} {'ms':>8s} {'/SGD step':>10s} {'spread':>13s}")
     for name, t in times.items():
         per_block = [
@@ -158,7 +171,7 @@ def main(argv=None):
         ]
         med = statistics.median(t)
         print(f"{name:30s} {med * 1e3:8.2f} {med / step:10.3f} {min(per_block):6.3f}-{max(per_block):6.3f}")
-    if args.hook_reps > 0:
+    if args.hook_reps > 0 and device.type == "cpu":
         hooks = hooks_seconds(args.image_size, args.hook_reps)
         print(f"{'in backward (hooks, own time)':30s} {hooks * 1e3:8.2f} {hooks / step:10.3f}   (one backward at "
               f"{args.image_size}px, 2 images; against the step's median above)")

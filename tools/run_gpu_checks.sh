@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks the issues name, as one script for a CUDA machine:
 #   1. Zenith's CUDA tests (no host sync under torch.cuda.set_sync_debug_mode("error"), AMP, devices)
-#   2. tools/benchmark_optimizer.py on CUDA (CUDA events)
+#   2. tools/benchmark_optimizer.py on CUDA (CUDA events), tools/benchmark_grad_norm.py (per tensor against DDP bucket views)
 #   3. Mask R-CNN R50-FPN training iterations, ZENITH against SGD (and the bare loop), bf16 and fp16
 # Results go to $OUT (default ./gpu_checks_out).
 set -uo pipefail
@@ -15,6 +15,7 @@ PY
 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_zenith_cuda.py tests/test_zenith.py > "$OUT/tests.txt" 2>&1
 tail -3 "$OUT/tests.txt"
 python3 tools/benchmark_optimizer.py --device cuda --threads 16 --rounds 50 --fwd-bwd-reps 5 2>&1 | tee "$OUT/benchmark_optimizer_cuda.txt"
+python3 tools/benchmark_grad_norm.py --device cuda --threads 16 --rounds 50 --blocks 5 --no-compile 2>&1 | tee "$OUT/benchmark_grad_norm_cuda.txt"
 for dtype in bfloat16 float16; do
   python3 tools/benchmark_engine.py --config configs/synthetic/mask_rcnn_R50_FPN_amp.yaml \
       --optimizers ZENITH SGD --iters "${ITERS:-25}" --blocks "${BLOCKS:-4}" SOLVER.AMP.DTYPE "$dtype" \
