@@ -460,9 +460,11 @@ def test_gradients_back_to_back_in_one_buffer_are_reduced_as_runs_and_counted_ex
     # enough for _foreach_norm; each 1M run in 3 and 213568.
     piece = 1 << 18
     assert sorted(dotted) == sorted([piece] * 13 + [1_000_000 - 3 * piece] * 2)
-    # A view overlapping another is counted again, as it is per tensor.
-    overlapping = grads + [bucket[100:200]]
-    assert global_grad_norm(overlapping, "cpu").item() == pytest.approx(exact(overlapping), rel=1e-6)
+    # A view overlapping another, the same gradient twice and an empty one count as
+    # they do per tensor.
+    for extra in ([bucket[100:200]], [views[1]], [bucket[1_200_000:1_200_000]]):
+        odd = grads + extra
+        assert global_grad_norm(odd, "cpu").item() == pytest.approx(exact(odd), rel=1e-6)
 
 
 def test_bf16_norm_accumulates_in_float32(sgd_path):

@@ -34,34 +34,42 @@ def _merge_back_to_back(grads: List[torch.Tensor], piece_numel: Optional[int] = 
     and any flat gradient buffer leave: the same elements, read by a few long
     reductions instead of one per tensor. A gap (a parameter without a gradient),
     an overlap, another dtype or another storage ends a run, so no element is added
-    or counted twice that the per-tensor sum would not have. The runs come in the
-    order of their first gradient in `grads`, never by address: DDP ranks hold their
-    buckets at different addresses and must still sum in the same order, to agree
-    on the norm to the last bit. With `piece_numel`, each run comes in pieces of
-    that many elements (see _RUN_PIECE_NUMEL).
+    or counted twice that the per-tensor sum would not have. Each run takes the
+    place in `grads` of its first gradient in memory; the order never depends on
+    addresses, since DDP ranks hold their buckets at different addresses and must
+    still sum in the same order, to agree on the norm to the last bit. With
+    `piece_numel`, each run comes in pieces of that many elements (see
+    _RUN_PIECE_NUMEL).
     """
     ptrs = [g.data_ptr() for g in grads]
-    # The common case, gradients allocated one by one: no tensor starts where another ends.
-    if {p + g.nbytes for p, g in zip(ptrs, grads)}.isdisjoint(ptrs):
+    ends = [p + g.nbytes for p, g in zip(ptrs, grads)]
+    ending_at = {e: j for j, e in enumerate(ends) if e > ptrs[j]}
+    # Pairs (j, i): grads[i] starts where grads[j] ends. Usually there are none
+    # (gradients allocated one by one), and this is all the check costs.
+    pairs = [(ending_at[p], i) for i, p in enumerate(ptrs) if p in ending_at and ends[i] > p]
+    if not pairs:
         return grads
-    runs = []  # (position in grads of the run's first gradient, the run)
-    by_address = sorted(
-        (i for i, g in enumerate(grads) if g.is_contiguous() and g.numel()), key=lambda i: ptrs[i]
-    )
-    for i in by_address:
-        g = grads[i]
-        last = runs[-1][1][-1] if runs else None
-        if (
-            last is not None
-            and g.dtype == last.dtype
-            and ptrs[i] == last.data_ptr() + last.nbytes
-            and g.untyped_storage().data_ptr() == last.untyped_storage().data_ptr()
-        ):
-            runs[-1] = (min(runs[-1][0], i), runs[-1][1] + [g])
-        else:
-            runs.append((i, [g]))
-    runs += [(i, [g]) for i, g in enumerate(grads) if not g.is_contiguous()]  # (empty ones add nothing)
-    return [piece for _, run in sorted(runs, key=lambda r: r[0]) for piece in _run_pieces(run, piece_numel)]
+    storage = {i: grads[i].untyped_storage().data_ptr() for pair in pairs for i in pair}
+    dtype = {i: grads[i].dtype for i in storage}
+    contiguous = {i: grads[i].is_contiguous() for i in storage}
+    following = {
+        j: i for j, i in pairs
+        if storage[i] == storage[j] and dtype[i] == dtype[j] and contiguous[i] and contiguous[j]
+    }
+    if not following:
+        return grads
+    # Each chain of pairs is a run, placed where its first gradient in memory is.
+    preceded = set(following.values())
+    out = []
+    for first, g in enumerate(grads):
+        if first in preceded:
+            continue  # in the run of a gradient earlier in memory
+        run, k = [g], first
+        while k in following:
+            k = following[k]
+            run.append(grads[k])
+        out.extend(_run_pieces(run, piece_numel))
+    return out
 
 
 def _run_pieces(run: List[torch.Tensor], piece_numel: Optional[int]) -> List[torch.Tensor]:
