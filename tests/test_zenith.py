@@ -431,42 +431,6 @@ def test_global_grad_norm_takes_large_grads_through_dot_and_matches_float64(monk
     assert global_grad_norm([], "cpu").item() == 0.0
 
 
-def test_gradients_back_to_back_in_one_buffer_are_reduced_as_runs_and_counted_exactly(monkeypatch):
-    # DDP with gradient_as_bucket_view=True leaves every gradient a view into a bucket.
-    gen = torch.Generator().manual_seed(1)
-    bucket = torch.randn(3_000_000, generator=gen) * 1e-3 + 2e-3
-    sizes = [1_200_000, 700_000, 100_000, 600_000, 400_000]
-    views, start = [], 0
-    for n in sizes:
-        views.append(bucket[start:start + n].view(n // 100, 100))
-        start += n
-    other = torch.randn(2, 500_000, generator=gen, dtype=torch.float64)  # back to back, but float64
-    grads = [
-        views[3], views[0], views[1],  # in any order
-        # views[2] has no gradient: a gap, so views[:2] and views[3:] are two runs
-        views[4],
-        other[0], other[1],
-        torch.randn(40, 3, generator=gen).t(),  # not contiguous
-    ]
-    dotted = []
-    real_dot = torch.dot
-    monkeypatch.setattr(torch, "dot", lambda a, b: dotted.append(a.numel()) or real_dot(a, b))
-
-    def exact(grads):
-        return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
-
-    assert global_grad_norm(grads, "cpu").item() == pytest.approx(exact(grads), rel=1e-6)
-    # Each run is read in pieces of 2^18 elements: 1.9M in 7 and a rest of 64992, small
-    # enough for _foreach_norm; each 1M run in 3 and 213568.
-    piece = 1 << 18
-    assert sorted(dotted) == sorted([piece] * 13 + [1_000_000 - 3 * piece] * 2)
-    # A view overlapping another, the same gradient twice and an empty one count as
-    # they do per tensor.
-    for extra in ([bucket[100:200]], [views[1]], [bucket[1_200_000:1_200_000]]):
-        odd = grads + extra
-        assert global_grad_norm(odd, "cpu").item() == pytest.approx(exact(odd), rel=1e-6)
-
-
 def test_bf16_norm_accumulates_in_float32(sgd_path):
     p = torch.zeros(4096, dtype=torch.bfloat16, requires_grad=True)
     p.grad = torch.full((4096,), 0.01, dtype=torch.bfloat16)

@@ -10,6 +10,11 @@ that step plus its norm, so 1 + fraction is the Zenith/SGD ratio the way allows.
   shipped, DDP bucket views  the same function on gradients that are views into
                              25 MiB buckets, as DDP leaves them with
                              gradient_as_bucket_view=True (the trainer's setting)
+  buckets as runs            each bucket read as one tensor instead of its views:
+                             on the CPU a dot per 2^18 elements (one dot over a
+                             whole bucket loses precision: its float32 lanes sum
+                             layers of very different magnitudes), elsewhere one
+                             _foreach_norm over the buckets
   torch.compile              inductor's fused sum of squares over the same list
   floor: one read            torch.dot over one flat buffer of all 44.45M values:
                              what a norm in its own pass must read; no way that
@@ -35,8 +40,10 @@ import torch
 import torchvision
 
 from zenith_det.solver import global_grad_norm
+from zenith_det.utils import torch_internals
 
 BUCKET_BYTES = 25 * 1024 * 1024  # DDP's default bucket_cap_mb
+RUN_PIECE = 1 << 18
 
 
 def detection_model(image_size=None):
@@ -45,7 +52,8 @@ def detection_model(image_size=None):
 
 
 def bucket_views(shapes, gen, device="cpu"):
-    """Gradients as views into buckets of about BUCKET_BYTES, filled in reverse order as DDP does."""
+    """Gradients as views into buckets of about BUCKET_BYTES, filled in reverse order as DDP does,
+    and the buckets."""
     views, bucket, size = [None] * len(shapes), [], 0
     groups = []
     for i in reversed(range(len(shapes))):
@@ -56,13 +64,23 @@ def bucket_views(shapes, gen, device="cpu"):
             bucket, size = [], 0
     if bucket:
         groups.append(bucket)
+    buckets = []
     for group in groups:
         flat = torch.randn(sum(shapes[i].numel() for i in group), generator=gen).to(device)
+        buckets.append(flat)
         offset = 0
         for i in group:
             views[i] = flat[offset:offset + shapes[i].numel()].view(shapes[i])
             offset += shapes[i].numel()
-    return views
+    return views, buckets
+
+
+def norm_of_runs(buckets):
+    """The norm with each bucket read as one run (in pieces on the CPU)."""
+    if buckets[0].device.type == "cpu":
+        squares = torch.stack([torch.dot(piece, piece) for b in buckets for piece in b.split(RUN_PIECE)])
+        return squares.sum().sqrt()
+    return torch.linalg.vector_norm(torch.stack(torch_internals.foreach_norm(buckets)))
 
 
 def compiled_norm():
@@ -138,7 +156,7 @@ def main(argv=None):
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen).to(device)
     separate = [p.grad for p in params]
-    views = bucket_views(shapes, gen, device)
+    views, buckets = bucket_views(shapes, gen, device)
     flat = torch.randn(sum(s.numel() for s in shapes), generator=gen).to(device)
     sgd = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4, fused=True)
     sgd.step()
@@ -147,6 +165,7 @@ def main(argv=None):
         "SGD(fused) step": sgd.step,
         "shipped, per tensor": lambda: global_grad_norm(separate, device),
         "shipped, DDP bucket views": lambda: global_grad_norm(views, device),
+        "buckets as runs": lambda: norm_of_runs(buckets),
         "floor: one read": lambda: torch.dot(flat, flat),
     }
     if not args.no_compile:

@@ -6,7 +6,7 @@ it a norm never makes the host wait for the device.
 """
 from collections import defaultdict
 import logging
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 import torch
 
@@ -18,65 +18,6 @@ logger = logging.getLogger(__name__)
 # Below this many elements a gradient joins the single _foreach_norm call on the CPU
 # (measured on the Mask R-CNN parameter set: per-call overhead outweighs the faster dot).
 _MIN_DOT_NUMEL = 1 << 16
-# On the CPU a run of back-to-back gradients is reduced in pieces of this many
-# elements. A float32 dot sums in a few vector lanes, and a run mixes layers whose
-# gradients differ by orders of magnitude: on one step's Mask R-CNN gradients laid
-# out as one buffer, pieces of 2^20 lost 2.8e-6 of the norm and pieces of 2^18 2e-7
-# (a dot per tensor: 1e-6), and the 2^18 pieces still read the 44.45M gradients
-# about 1 ms faster than a dot per tensor (measured on 2 cores).
-_RUN_PIECE_NUMEL = 1 << 18
-
-
-def _merge_back_to_back(grads: List[torch.Tensor], piece_numel: Optional[int] = None) -> List[torch.Tensor]:
-    """`grads`, with each run of gradients that lie back to back in one storage as one flat tensor.
-
-    Such runs are what DDP's ``gradient_as_bucket_view=True`` (the trainer's setting)
-    and any flat gradient buffer leave: the same elements, read by a few long
-    reductions instead of one per tensor. A gap (a parameter without a gradient),
-    an overlap, another dtype or another storage ends a run, so no element is added
-    or counted twice that the per-tensor sum would not have. Each run takes the
-    place in `grads` of its first gradient in memory; the order never depends on
-    addresses, since DDP ranks hold their buckets at different addresses and must
-    still sum in the same order, to agree on the norm to the last bit. With
-    `piece_numel`, each run comes in pieces of that many elements (see
-    _RUN_PIECE_NUMEL).
-    """
-    ptrs = [g.data_ptr() for g in grads]
-    ends = [p + g.nbytes for p, g in zip(ptrs, grads)]
-    ending_at = {e: j for j, e in enumerate(ends) if e > ptrs[j]}
-    # Pairs (j, i): grads[i] starts where grads[j] ends. Usually there are none
-    # (gradients allocated one by one), and this is all the check costs.
-    pairs = [(ending_at[p], i) for i, p in enumerate(ptrs) if p in ending_at and ends[i] > p]
-    if not pairs:
-        return grads
-    storage = {i: grads[i].untyped_storage().data_ptr() for pair in pairs for i in pair}
-    dtype = {i: grads[i].dtype for i in storage}
-    contiguous = {i: grads[i].is_contiguous() for i in storage}
-    following = {
-        j: i for j, i in pairs
-        if storage[i] == storage[j] and dtype[i] == dtype[j] and contiguous[i] and contiguous[j]
-    }
-    if not following:
-        return grads
-    # Each chain of pairs is a run, placed where its first gradient in memory is.
-    preceded = set(following.values())
-    out = []
-    for first, g in enumerate(grads):
-        if first in preceded:
-            continue  # in the run of a gradient earlier in memory
-        run, k = [g], first
-        while k in following:
-            k = following[k]
-            run.append(grads[k])
-        out.extend(_run_pieces(run, piece_numel))
-    return out
-
-
-def _run_pieces(run: List[torch.Tensor], piece_numel: Optional[int]) -> List[torch.Tensor]:
-    if len(run) == 1:
-        return run
-    flat = torch.as_strided(run[0], (sum(g.numel() for g in run),), (1,), run[0].storage_offset())
-    return list(flat.split(piece_numel)) if piece_numel else [flat]
 
 
 def global_grad_norm(grads: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -88,8 +29,6 @@ def global_grad_norm(grads: Iterable[torch.Tensor], device: torch.device) -> tor
     vector partial sums lose less than that kernel's float32 running sum). The rest
     go through one ``_foreach_norm`` call: for small tensors a call each costs more
     than it saves, and on other devices ``_foreach_norm`` is one fused launch.
-    Gradients that lie back to back in one storage (DDP bucket views, a flat
-    buffer) are reduced as one tensor per run.
     bf16/fp16 gradients take ``_foreach_norm(dtype=float32)`` (``vector_norm(dtype=
     float32)`` where torch lacks it), so they lose no precision to the reduction.
     """
@@ -101,9 +40,7 @@ def global_grad_norm(grads: Iterable[torch.Tensor], device: torch.device) -> tor
     parts = []  # 1-D tensors of per-tensor norms, one or two per device
     for dev, dev_grads in by_device.items():
         dots, full, low = [], [], []
-        # (On other devices a run stays whole: their reductions sum in trees, and fewer
-        # tensors is the point there, where issuing each costs host time.)
-        for g in _merge_back_to_back(dev_grads, _RUN_PIECE_NUMEL if dev.type == "cpu" else None):
+        for g in dev_grads:
             if g.dtype not in (torch.float32, torch.float64):
                 low.append(g)
             elif dev.type == "cpu" and g.numel() >= _MIN_DOT_NUMEL and g.is_contiguous():
