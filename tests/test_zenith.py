@@ -465,6 +465,40 @@ def test_grad_scaler_norm_is_unscaled_and_inf_steps_do_not_enter_the_window(sgd_
     assert scaler.get_scale() < 1024.0
 
 
+def _float64_norm(model):
+    return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters()))
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_norm_is_of_the_gradients_the_update_uses_after_accumulation_and_clipping(amp):
+    """Two backward passes accumulate, then clipping (after unscale_ under AMP): the norm
+    that sets the learning rate is that of the clipped sum, and the update uses it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+    opt = Zenith(model.parameters(), lr=0.1, momentum=0.0, window=3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0) if amp else None
+    for step in range(3):
+        opt.zero_grad()
+        for _ in range(2):  # gradient accumulation
+            loss = model(torch.randn(8, 6)).pow(2).mean()
+            (scaler.scale(loss) if amp else loss).backward()
+        if amp:
+            scaler.unscale_(opt)
+        accumulated = _float64_norm(model)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5 * accumulated)
+        clipped = [p.grad.clone() for p in model.parameters()]
+        before = [p.detach().clone() for p in model.parameters()]
+        if amp:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        assert opt.last_grad_norm().item() == pytest.approx(0.5 * accumulated, rel=1e-5)
+        lr = 0.1 * opt.multiplier().item()
+        for p, g, b in zip(model.parameters(), clipped, before):
+            torch.testing.assert_close(p.detach(), b - lr * g)
+
+
 def _assert_inf_step_is_skipped(model, opt, scaler, x):
     """An inf loss under GradScaler: the weights stay and the norm never enters the window."""
     count = opt.state_dict()["zenith_history"]["count"].item()
