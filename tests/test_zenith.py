@@ -37,6 +37,11 @@ def norm_path(request, monkeypatch):
     return request.param
 
 
+
+def _float64_norm(grads):
+    """The exact global norm, as a reference: each gradient squared and summed in float64."""
+    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+
 class ReferenceZenith:
     """The rule of DEVELOPERS.md written as plainly as possible."""
 
@@ -54,7 +59,7 @@ class ReferenceZenith:
 
     def step(self, grads):
         flat = [g for group_grads in grads for g in group_grads if g is not None]
-        norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in flat))
+        norm = _float64_norm(flat)
         if not math.isfinite(norm):
             self.skipped += 1
             return
@@ -420,7 +425,7 @@ def test_global_grad_norm_takes_large_grads_through_dot_and_matches_float64(monk
     monkeypatch.setattr(torch, "dot", lambda a, b: dotted.append(a.numel()) or real_dot(a, b))
     norm = global_grad_norm(grads, "cpu")
     assert sorted(dotted) == [70_000, 300_000]
-    exact = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+    exact = _float64_norm(grads)
     assert norm.dtype == torch.float32 and norm.shape == ()
     assert norm.item() == pytest.approx(exact, rel=1e-6)
     # Non-finite values anywhere come out non-finite.
@@ -465,10 +470,6 @@ def test_grad_scaler_norm_is_unscaled_and_inf_steps_do_not_enter_the_window(sgd_
     assert scaler.get_scale() < 1024.0
 
 
-def _float64_norm(model):
-    return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters()))
-
-
 @pytest.mark.parametrize("amp", [False, True])
 def test_norm_is_of_the_gradients_the_update_uses_after_accumulation_and_clipping(amp):
     """Two backward passes accumulate, then clipping (after unscale_ under AMP): the norm
@@ -477,14 +478,14 @@ def test_norm_is_of_the_gradients_the_update_uses_after_accumulation_and_clippin
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
     opt = Zenith(model.parameters(), lr=0.1, momentum=0.0, window=3)
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0) if amp else None
-    for step in range(3):
+    for _ in range(3):
         opt.zero_grad()
         for _ in range(2):  # gradient accumulation
             loss = model(torch.randn(8, 6)).pow(2).mean()
             (scaler.scale(loss) if amp else loss).backward()
         if amp:
             scaler.unscale_(opt)
-        accumulated = _float64_norm(model)
+        accumulated = _float64_norm(p.grad for p in model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5 * accumulated)
         clipped = [p.grad.clone() for p in model.parameters()]
         before = [p.detach().clone() for p in model.parameters()]

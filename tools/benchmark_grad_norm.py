@@ -39,6 +39,7 @@ import time
 import torch
 import torchvision
 
+from zenith_det.analysis.overhead import ratio_with_block_spread
 from zenith_det.solver import global_grad_norm
 from zenith_det.utils import torch_internals
 
@@ -145,7 +146,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (this project's machines have 2)")
     parser.add_argument("--image-size", type=int, default=320, help="for the backward the hooks run in")
     parser.add_argument("--hook-reps", type=int, default=3, help="0 skips the in-backward way (CPU only)")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles for minutes)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip torch.compile (its first compile took 26 s on 2 cores)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -180,16 +182,11 @@ def main(argv=None):
             times[name].append(seconds(way, device))
 
     step = statistics.median(times["SGD(fused) step"])
-    size = max(1, args.rounds // args.blocks)
     print(f"device={device} threads={args.threads} params={sum(s.numel() for s in shapes) / 1e6:.2f}M rounds={args.rounds}")
     print(f"{'way':30s} {'ms':>8s} {'/SGD step':>10s} {'spread':>13s}")
     for name, t in times.items():
-        per_block = [
-            statistics.median(t[i:i + size]) / statistics.median(times["SGD(fused) step"][i:i + size])
-            for i in range(0, size * args.blocks, size)
-        ]
-        med = statistics.median(t)
-        print(f"{name:30s} {med * 1e3:8.2f} {med / step:10.3f} {min(per_block):6.3f}-{max(per_block):6.3f}")
+        ratio, low, high = ratio_with_block_spread(t, times["SGD(fused) step"], args.blocks)
+        print(f"{name:30s} {statistics.median(t) * 1e3:8.2f} {ratio:10.3f} {low:6.3f}-{high:6.3f}")
     if args.hook_reps > 0 and device.type == "cpu":
         hooks = hooks_seconds(args.image_size, args.hook_reps)
         print(f"{'in backward (hooks, own time)':30s} {hooks * 1e3:8.2f} {hooks / step:10.3f}   (one backward at "

@@ -23,6 +23,7 @@ import torch
 import torchvision
 
 from zenith_det import Zenith, ZenithScheduler
+from zenith_det.analysis.overhead import ratio_with_block_spread
 from zenith_det.solver import NormHistory, global_grad_norm
 
 
@@ -120,18 +121,6 @@ def check_no_sync(opt, device):
     return "none (torch.cuda.set_sync_debug_mode('error') passed)"
 
 
-def ratio_and_spread(times, name, peer, blocks):
-    """Median step time of `name` over that of `peer`, and its (lowest, highest) over blocks of rounds."""
-    ratio = statistics.median(times[name]) / statistics.median(times[peer])
-    size = max(1, len(times[name]) // blocks)
-    per_block = [
-        statistics.median(times[name][i:i + size]) / statistics.median(times[peer][i:i + size])
-        for i in range(0, size * blocks, size)
-        if times[name][i:i + size]
-    ]
-    return ratio, min(per_block), max(per_block)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -182,7 +171,7 @@ def main():
         header += f" {'% of fwd+bwd':>13s}"
     print(header)
     for name in steps:
-        ratio, low, high = ratio_and_spread(times, name, peers[name], args.blocks)
+        ratio, low, high = ratio_with_block_spread(times[name], times[peers[name]], args.blocks)
         row = f"{name:32s} {med[name] * 1e3:9.2f} {peers[name]:>18s} {ratio:7.3f} {low:6.3f}-{high:6.3f}"
         if name in opts:
             opt = opts[name][0]
@@ -199,7 +188,8 @@ def main():
             print(f"Zenith overhead over fused SGD per iteration, wd={wd:g}: {100 * (zen - sgd) / (fwd_bwd + sgd):.3f}% (paper: 1.3%)")
         adam_extra = med["AdamW(fused)+ZenithScheduler"] - med["AdamW(fused)"]
         print(f"ZenithScheduler overhead per AdamW iteration: {100 * adam_extra / (fwd_bwd + med['AdamW(fused)']):.3f}%")
-    floor, _, _ = ratio_and_spread(times, "  floor: one read of the grads", peers["  floor: one read of the grads"], args.blocks)
+    floor_row = "  floor: one read of the grads"
+    floor, _, _ = ratio_with_block_spread(times[floor_row], times[peers[floor_row]], args.blocks)
     print(f"floor for Zenith/SGD(fused) on this machine (a fused step plus one read of the grads): {1 + floor:.3f}")
     print(f"host syncs in Zenith.step(): {sync}")
 

@@ -200,8 +200,7 @@ class Trainer(SimpleTrainer):
             ids = [device.index] if device.type == "cuda" else None
             # Buffers (BN statistics) stay per process, as in detectron2 (broadcast_buffers is
             # the spelling every supported torch accepts; forward_sync_buffers came later).
-            # Gradients as views into DDP's buckets: no second copy of them in memory, and
-            # ZENITH's norm reads each bucket as one run instead of 200 tensors.
+            # Gradients as views into DDP's buckets: no second copy of them in memory.
             model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
         amp = cfg.SOLVER.AMP
         amp_dtype = None
