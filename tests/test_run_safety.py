@@ -153,6 +153,68 @@ def test_a_folder_in_use_is_refused_naming_the_holder(tiny_cfg):
     default_setup(tiny_cfg.clone(), resume=False)  # the kernel dropped the lock with the process
 
 
+def test_the_lock_is_not_held_by_forked_children_of_a_killed_holder(tiny_cfg):
+    """DataLoader workers are forked children: once the run itself is dead, the folder is free."""
+    out = tiny_cfg.OUTPUT_DIR
+    os.makedirs(out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import os, time
+            from zenith_det.engine.run_lock import acquire_run_lock
+            acquire_run_lock({out!r})
+            child = os.fork()
+            if child == 0:  # a worker, as the DataLoader forks them: outlives its parent
+                time.sleep(60)
+                os._exit(0)
+            print(child, flush=True)
+            time.sleep(120)
+        """)],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO),
+    )
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the forked child still runs
+        default_setup(tiny_cfg.clone(), resume=True)
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_symlink_at_the_lock_name_is_refused_and_its_target_kept(tiny_cfg, tmp_path, capsys):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("not yours")
+    os.makedirs(tiny_cfg.OUTPUT_DIR)
+    os.symlink(victim, os.path.join(tiny_cfg.OUTPUT_DIR, ".zenith_run.lock"))
+    with pytest.raises(UserError, match=r"\.zenith_run\.lock is a symbolic link"):
+        default_setup(tiny_cfg, resume=False)
+    assert victim.read_text() == "not yours"
+
+
+@pytest.mark.parametrize("case", ["directory", "not_writable"])
+def test_a_lock_file_that_cannot_be_opened_is_one_line(datasets_root, tmp_path, capsys, case):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / ".zenith_run.lock"
+    if case == "directory":
+        lock.mkdir()
+        expected = "is a directory"
+    else:
+        lock.write_text("pid 1 on elsewhere\n")
+        if os.geteuid() == 0:  # root writes through file modes; an immutable file refuses even root
+            if subprocess.run(["chattr", "+i", str(lock)], capture_output=True).returncode:
+                pytest.skip("chattr +i is not available on this file system")
+        else:
+            lock.chmod(0o444)
+        expected = "cannot be opened for writing"
+    try:
+        code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1"], capsys)
+    finally:
+        if case == "not_writable" and os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(lock)])
+    assert_one_line(code, err, str(lock), expected)
+
+
 @pytest.mark.parametrize("leftover", ["config.yaml", "metrics.json"])
 def test_an_earlier_run_without_checkpoint_counts(tiny_cfg, leftover):
     os.makedirs(tiny_cfg.OUTPUT_DIR)
@@ -362,6 +424,23 @@ def test_stale_temporaries_are_removed_at_the_next_start(datasets_root, tmp_path
         path.write_bytes(b"half a checkpoint")
     assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", "--resume"], capsys)[0] == 0
     assert not any(p.exists() for p in stale)
+    log = (out / "log.txt").read_text()
+    assert all(f"Removed {p}, a temporary file left by an interrupted run" in log for p in stale)
+
+
+def test_clean_up_never_follows_a_symlinked_subfolder(datasets_root, tmp_path, capsys):
+    """Another run's in-flight temporaries, reachable through a link in this OUTPUT_DIR, stay."""
+    other = tmp_path / "other_run"
+    other.mkdir()
+    in_flight = other / (fileio.TEMP_PREFIX + "model_0000100.pth.k2j4")
+    in_flight.write_bytes(b"being written by another run")
+    out = tmp_path / "run"
+    out.mkdir()
+    os.symlink(other, out / "shared")
+    os.symlink(other, out / (fileio.TEMP_PREFIX + "link"))  # a link with our prefix: the link goes, not its target
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1"], capsys)[0] == 0
+    assert in_flight.read_bytes() == b"being written by another run"
+    assert not os.path.lexists(out / (fileio.TEMP_PREFIX + "link"))
 
 
 def test_atomic_write_uses_fresh_names_and_plain_permissions(tmp_path):
@@ -379,10 +458,10 @@ def test_atomic_write_uses_fresh_names_and_plain_permissions(tmp_path):
 
 
 def test_a_file_system_without_locks_still_runs_with_a_warning(tiny_cfg, monkeypatch, caplog):
-    def no_locks(fd, op):
+    def no_locks(fd, op, *args):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
     os.makedirs(tiny_cfg.OUTPUT_DIR)
     with caplog.at_level("WARNING", logger="zenith_det.engine.run_lock"):
         acquire_run_lock(tiny_cfg.OUTPUT_DIR)

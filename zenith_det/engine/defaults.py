@@ -73,8 +73,9 @@ def _earlier_run_file(out: str):
     return os.path.basename(found[0]) if found else None
 
 
-def _claim_output_dir(out: str, resume: bool) -> None:
-    """Rank 0: a writable folder, locked for this run, not holding an earlier run unless resuming."""
+def _claim_output_dir(out: str, resume: bool) -> list:
+    """Rank 0: a writable folder, locked for this run, not holding an earlier run unless resuming.
+    Returns the stale temporaries it removed (logged once logging is set up)."""
     try:
         os.makedirs(out, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out)
@@ -90,7 +91,7 @@ def _claim_output_dir(out: str, resume: bool) -> None:
             "or set OUTPUT_DIR to a new folder"
         )
     # Safe now that the lock says no other run writes here.
-    remove_stale_temporaries(out)
+    return remove_stale_temporaries(out)
 
 
 def default_setup(cfg: CfgNode, resume: bool) -> None:
@@ -102,10 +103,10 @@ def default_setup(cfg: CfgNode, resume: bool) -> None:
     With `resume` and SEED < 0 the seed is left for the checkpoint to supply.
     """
     out = cfg.OUTPUT_DIR
-    error = None
+    error, removed = None, []
     if comm.is_main_process():
         try:
-            _claim_output_dir(out, resume)
+            removed = _claim_output_dir(out, resume)
         except UserError as e:
             error = str(e)
     # Every rank learns of rank 0's refusal, so none waits at a barrier for it.
@@ -113,6 +114,8 @@ def default_setup(cfg: CfgNode, resume: bool) -> None:
     if error:
         raise UserError(error)
     setup_logger(out if comm.is_main_process() else None, rank=comm.get_rank())
+    for path in removed:
+        logger.info("Removed %s, a temporary file left by an interrupted run", path)
     if cfg.SEED < 0 and not resume:
         _set_random_seed(cfg)
     logger.info("Command line: %s", " ".join(sys.argv))

@@ -1,13 +1,25 @@
 """One run per OUTPUT_DIR: an exclusive lock held for the process's whole life.
 
 Two runs writing one folder would overwrite each other's checkpoints and mix
-their metrics. `flock` is released by the kernel when the process dies, however
-it dies, so a crashed run never leaves a stale lock behind.
+their metrics. The lock is a POSIX record lock (`fcntl(F_SETLK)`), not `flock`:
+
+- the kernel drops it when the process dies, however it dies, so a crashed run
+  never leaves a stale lock behind;
+- it belongs to the process that took it and is not inherited by `fork`. A
+  `flock` is shared with every forked DataLoader worker, so after a SIGKILL of
+  the main process the orphaned workers kept the folder locked for seconds and
+  an immediate `--resume` (an elastic agent's restart) was refused;
+- `F_GETLK` names the process that holds it, so a refusal never names a dead pid.
+
+The lock file is opened with O_NOFOLLOW: a symlink planted at its name is
+refused instead of followed, so no file outside the folder is ever truncated.
 """
+import errno
 import fcntl
 import logging
 import os
 import socket
+import struct
 import time
 
 from ..errors import UserError
@@ -18,7 +30,41 @@ LOCK_FILE = ".zenith_run.lock"
 
 # realpath -> open file descriptor. Held until the process exits; a second call for the
 # same folder in the same process (a test, a notebook) reuses the lock it already holds.
+# Only this module opens a lock file: closing any descriptor of it would drop a POSIX lock.
 _held = {}
+
+# struct flock on Linux (x86-64, aarch64): l_type, l_whence, l_start, l_len, l_pid (+ padding).
+_FLOCK = "hhqqi4x"
+
+
+def _open_lock_file(directory: str, path: str) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            why = "is a symbolic link, which a run never follows"
+        elif e.errno == errno.EISDIR:
+            why = "is a directory"
+        else:
+            why = f"cannot be opened for writing ({e.strerror})"
+        raise UserError(
+            f"OUTPUT_DIR {directory}: its lock file {path} {why}; remove it if no run uses this folder, "
+            "or set OUTPUT_DIR to a folder of your own"
+        ) from None
+
+
+def _holder(fd: int) -> str:
+    """'pid N on host, since ...' of the live process holding the lock, from the kernel's own record."""
+    try:
+        found = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        l_type, _, _, _, pid = struct.unpack(_FLOCK, found)
+    except OSError:
+        return "another process"
+    if l_type == fcntl.F_UNLCK or pid <= 0:  # gone meanwhile, or a process in another pid namespace
+        return "another process"
+    written = os.pread(fd, 512, 0).decode(errors="replace").strip()
+    # The file's text names host and start time; trust it only if it names the same pid.
+    return written if written.startswith(f"pid {pid} ") else f"pid {pid}"
 
 
 def acquire_run_lock(directory: str) -> None:
@@ -27,17 +73,17 @@ def acquire_run_lock(directory: str) -> None:
     if key in _held:
         return
     path = os.path.join(directory, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(directory, path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise UserError(
-            f"OUTPUT_DIR {directory} is in use by another run ({holder}); wait for it to end or stop it, "
-            "or set OUTPUT_DIR to another folder"
-        ) from None
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            holder = _holder(fd)
+            os.close(fd)
+            raise UserError(
+                f"OUTPUT_DIR {directory} is in use by another run ({holder}); wait for it to end or stop it, "
+                "or set OUTPUT_DIR to another folder"
+            ) from None
         # Some network file systems have no locks (ENOLCK): run, but say what is not guarded.
         logger.warning("Cannot lock %s (%s): make sure no other run uses this OUTPUT_DIR", path, e.strerror)
     else:
@@ -49,4 +95,4 @@ def acquire_run_lock(directory: str) -> None:
 def release_run_lock(directory: str) -> None:
     fd = _held.pop(os.path.realpath(directory), None)
     if fd is not None:
-        os.close(fd)  # closing the descriptor drops the flock
+        os.close(fd)  # closing the descriptor drops the lock

@@ -8,7 +8,6 @@ the new one, plus at worst a temporary that `remove_stale_temporaries` deletes a
 the next start.
 """
 import errno
-import glob
 import json
 import logging
 import os
@@ -83,22 +82,26 @@ def _write_error(path: str, directory: str, err: OSError) -> UserError:
     )
 
 
-def remove_stale_temporaries(directory: str, recursive: bool = True) -> List[str]:
+def remove_stale_temporaries(directory: str) -> List[str]:
     """Delete temporaries that a killed run left behind; returns their paths.
 
-    Call it only while holding the folder's run lock: a live writer's temporary
-    must not vanish under it.
+    Only our own temporary names (TEMP_PREFIX...) directly in `directory` and in its
+    subfolders that are real folders: a symlink to a folder is never followed, since
+    it may lead to another run's folder and its in-flight temporaries. Call it only
+    while holding the folder's run lock: a live writer's temporary must not vanish under it.
     """
-    pattern = os.path.join(directory, "**", TEMP_PREFIX + "*") if recursive else os.path.join(directory, TEMP_PREFIX + "*")
     removed = []
-    for path in glob.glob(pattern, recursive=recursive):
-        try:
-            os.remove(path)
-            removed.append(path)
-        except OSError:
-            pass
-    if removed:
-        logger.info("Removed %d temporary file(s) left by an interrupted run in %s", len(removed), directory)
+    for folder, subfolders, files in os.walk(directory, followlinks=False):
+        # os.walk lists a symlink to a folder among `subfolders` but does not enter it.
+        for name in files + [d for d in subfolders if os.path.islink(os.path.join(folder, d))]:
+            if not name.startswith(TEMP_PREFIX):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                os.remove(path)  # a symlink itself goes, never what it points to
+                removed.append(path)
+            except OSError:
+                pass
     return removed
 
 
