@@ -130,6 +130,58 @@ def test_sigkill_at_a_random_iteration_then_resume_matches_uninterrupted(dataset
         assert torch.equal(expected[key], got[key]), f"{key} differs after SIGKILL at iteration {kill_at}"
 
 
+def _caught_signals(pid):
+    """The signals a process has handlers for, from the kernel (/proc/PID/status SigCgt)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = int(next(line.split()[1] for line in f if line.startswith("SigCgt:")), 16)
+    return {s for s in signal.Signals if mask >> (s - 1) & 1}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_during_start_up_exits_75_at_once(datasets_root, tmp_path, sig):
+    """Sent the moment the process handles SIGTERM at all: during its imports, before any file is written."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, TRAIN_NET, "--config", CONFIG, *FAST, "OUTPUT_DIR", str(out)],
+                            env=_env(datasets_root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while signal.SIGTERM not in _caught_signals(proc.pid):
+        assert proc.poll() is None and time.time() < deadline, "the process never handled SIGTERM"
+        time.sleep(0.001)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
+    assert not out.exists()  # stopped before the run claimed its folder: nothing to resume, nothing lost
+
+
+def test_sigkill_with_loader_workers_then_immediate_resume(datasets_root, tmp_path):
+    """An elastic agent restarts a killed rank at once: the dead run's forked workers must not hold the folder."""
+    out = str(tmp_path / "run")
+    args = ["--config", CONFIG, *FAST, "SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "2",
+            "DATALOADER.NUM_WORKERS", "2", "OUTPUT_DIR", out]
+    proc = subprocess.Popen([sys.executable, TRAIN_NET, *args], env=_env(datasets_root),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_iteration(os.path.join(out, "metrics.json"), 3, proc)
+    workers = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+    assert len(workers) >= 2, "the loader workers were not running"
+    proc.kill()
+    proc.wait()
+    resumed = subprocess.Popen([sys.executable, TRAIN_NET, *args, "--resume"], env=_env(datasets_root),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert any(_alive(w) for w in workers), "the orphaned workers were gone before the resume: nothing tested"
+    stdout, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-2000:]
+    assert "Stopped after 12 iterations" in stdout
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
 def test_unseen_coco_dataset_trains_by_config_alone(datasets_root, tmp_path):
     """Non-contiguous ids, crowd, images without annotations, grayscale and RGBA images."""
     json_file, image_root = generate_synthetic_coco(str(tmp_path / "mine"), "shapes", "train", 12, seed=123)

@@ -10,7 +10,14 @@
 
 Exit codes: 0 done, 2 bad input (one line says what to fix), 3 diverged, 75 preempted.
 """
-import logging
+# First, before the seconds of heavy imports: a stop signal now ends the process with exit 75
+# (run as a script or as a spawned worker; a test importing this file keeps its own handlers).
+from zenith_det.utils.early_signals import exit_on_stop_signals
+
+if __name__ in ("__main__", "__mp_main__"):
+    exit_on_stop_signals()
+
+import logging  # noqa: E402
 import os
 import sys
 

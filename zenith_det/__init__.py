@@ -1,5 +1,13 @@
 """zenith_det: detection training with the ZENITH optimizer."""
-from .solver import Zenith, ZenithScheduler
-
 __version__ = "0.1.0"
 __all__ = ["Zenith", "ZenithScheduler"]
+
+
+def __getattr__(name):
+    # Imported on first use, not with the package: an entry point imports
+    # zenith_det.utils.early_signals on its first line, before torch is loaded.
+    if name in __all__:
+        from . import solver
+
+        return getattr(solver, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
