@@ -123,6 +123,11 @@ _C.TEST.DETECTIONS_PER_IMAGE = 100
 _C.TEST.EVALUATOR_BACKEND = "pycocotools"
 # Per-keypoint OKS sigmas; empty means COCO's 17.
 _C.TEST.KEYPOINT_OKS_SIGMAS = []
+# How the model's labels find the test data's categories (zenith_det/data/categories.py):
+# "exact": the test json must have the training json's categories, same ids and names
+# (and keypoint names), else the evaluation is refused; "name": each label goes to the
+# test category of its name (table logged), a category the test data lacks is dropped.
+_C.TEST.CATEGORY_MATCH = "exact"
 # Recompute BatchNorm statistics over NUM_ITER training batches before each evaluation
 # (detectron2's PreciseBN). Always done for optimizers that evaluate other weights than
 # they train (schedule-free: OptimizerSpec.bn_stats_at_eval_weights).

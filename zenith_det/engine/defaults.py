@@ -24,7 +24,9 @@ from ..data import (
     get_dataset_metadata,
     get_detection_dataset,
     metadata_from_cfg,
+    targets_for_architecture,
 )
+from ..data.categories import match_categories
 from ..errors import UserError
 from ..evaluation import build_coco_evaluator, inference_on_dataset
 from ..modeling import build_model
@@ -142,16 +144,48 @@ def inference_dir(cfg: CfgNode, dataset_name: str) -> str:
     return os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name if len(cfg.DATASETS.TEST) > 1 else "")
 
 
+_LOGGED_MATCHES = set()  # (test json, training json): a name-match table is logged once, not at every evaluation
+
+
+def test_category_maps(cfg: CfgNode) -> "OrderedDict[str, tuple]":
+    """{test dataset: (its metadata, model label -> its category id or None)} for DATASETS.TEST.
+
+    The model's labels are those of its training data (metadata_from_cfg); every test
+    dataset's categories are matched to them as TEST.CATEGORY_MATCH says
+    (data/categories.py): "exact" refuses any disagreement of ids, names or keypoints
+    in one line, "name" maps labels by name and logs the table.
+    """
+    if not cfg.DATASETS.TEST:
+        return OrderedDict()
+    model_metadata = metadata_from_cfg(cfg)
+    keypoints = targets_for_architecture(cfg.MODEL.META_ARCHITECTURE)["with_keypoints"]
+    maps = OrderedDict()
+    for name in cfg.DATASETS.TEST:
+        metadata = get_dataset_metadata(name, cfg)
+        match = match_categories(model_metadata, metadata, cfg.TEST.CATEGORY_MATCH, test_name=name, keypoints=keypoints)
+        if (match.table or match.dropped) and (metadata.json_file, model_metadata.json_file) not in _LOGGED_MATCHES:
+            _LOGGED_MATCHES.add((metadata.json_file, model_metadata.json_file))
+            logger.info("%s", match.table)
+            if match.dropped:
+                logger.warning("DATASETS.TEST %s: %d of the model's categories are not in %s; their detections are "
+                               "dropped: %s", name, len(match.dropped), metadata.json_file,
+                               ", ".join(f"{n!r} (id {i})" for _, i, n in match.dropped))
+        maps[name] = (metadata, match.label_to_category_id)
+    return maps
+
+
 def evaluate(cfg: CfgNode, model: torch.nn.Module) -> "OrderedDict[str, dict]":
     """COCO metrics of `model` on each of DATASETS.TEST: {dataset: {"bbox": {...}, ...}}.
 
     With one test dataset the dataset level is dropped ({"bbox": {...}, ...}).
-    Results files go to OUTPUT_DIR/inference[/<dataset>].
+    Results files go to OUTPUT_DIR/inference[/<dataset>]. Every test dataset's
+    categories are matched to the model's (test_category_maps) before the first
+    inference, so a refused evaluation costs no time.
     """
     results = OrderedDict()
-    for name in cfg.DATASETS.TEST:
+    for name, (metadata, label_to_category_id) in test_category_maps(cfg).items():
         out_dir = inference_dir(cfg, name)
-        evaluator = build_coco_evaluator(cfg, get_dataset_metadata(name, cfg), output_dir=out_dir)
+        evaluator = build_coco_evaluator(cfg, metadata, output_dir=out_dir, label_to_category_id=label_to_category_id)
         results[name] = inference_on_dataset(model, build_detection_test_loader(cfg, name), evaluator)
     if len(results) == 1:
         return next(iter(results.values()))
@@ -315,6 +349,8 @@ class Trainer(SimpleTrainer):
     def train(self):
         if self.data_loader is None:
             self.data_loader = build_detection_train_loader(self.cfg, start_iter=self.start_iter)
+        if self.cfg.DATASETS.TEST:
+            test_category_maps(self.cfg)  # test data the model cannot be scored on: refused now, not at the first evaluation
         # Only now, with the data and any resume checked: a refused run must not
         # overwrite the config of the run it refused to touch.
         if comm.is_main_process():

@@ -77,7 +77,8 @@ class COCOEvaluator:
 
     Args:
         gt_json_or_COCO: the dataset's COCO-format ground truth (path, dict or COCO object).
-        contiguous_id_to_category_id: model label (1..K) -> the json's category id.
+        contiguous_id_to_category_id: model label (1..K) -> the json's category id, or None
+            to drop that label's detections (a category the json lacks, see data/categories.py).
         tasks: subset of ("bbox", "segm", "keypoints"); None infers them from the
             outputs (bbox always, segm with masks, keypoints with keypoints).
         output_dir: if given, rank 0 writes the results there as RESULTS_FILE.
@@ -111,7 +112,7 @@ class COCOEvaluator:
         self._tasks = tasks
         self._gt_source = gt_json_or_COCO
         self._coco_gt = None  # loaded by rank 0 at the first evaluate(): the others never need it
-        self._mapping = {int(k): int(v) for k, v in contiguous_id_to_category_id.items()}
+        self._mapping = {int(k): None if v is None else int(v) for k, v in contiguous_id_to_category_id.items()}
         self._output_dir = output_dir
         self._backend = backend
         self._kpt_oks_sigmas = list(kpt_oks_sigmas) if kpt_oks_sigmas is not None and len(kpt_oks_sigmas) else None
@@ -172,11 +173,20 @@ class COCOEvaluator:
 
 
 
-def build_coco_evaluator(cfg, metadata, output_dir: Optional[str] = None) -> COCOEvaluator:
-    """The evaluator the TEST.* keys describe, for a dataset's metadata (json_file, contiguous_id_to_category_id)."""
+def build_coco_evaluator(
+    cfg, metadata, output_dir: Optional[str] = None, label_to_category_id: Optional[Mapping[int, Optional[int]]] = None,
+) -> COCOEvaluator:
+    """The evaluator the TEST.* keys describe, for a dataset's metadata (json_file, contiguous_id_to_category_id).
+
+    `label_to_category_id` (model label -> the json's category id, or None to drop) is how
+    the model's labels map to this json's categories (data.categories.match_categories);
+    by default the json's own contiguous ids, right only for a model trained on its categories.
+    """
+    if label_to_category_id is None:
+        label_to_category_id = metadata.contiguous_id_to_category_id
     return COCOEvaluator(
         metadata.json_file,
-        metadata.contiguous_id_to_category_id,
+        label_to_category_id,
         output_dir=output_dir,
         backend=cfg.TEST.EVALUATOR_BACKEND,
         kpt_oks_sigmas=list(cfg.TEST.KEYPOINT_OKS_SIGMAS),

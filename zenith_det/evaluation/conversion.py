@@ -86,7 +86,12 @@ def coco_result_dicts(
     rles: Optional[List[dict]] = None,
 ) -> List[Dict]:
     """instances_to_coco_json with the masks' RLEs given (None: no segmentation). Each field
-    leaves the tensors in one tolist() per image."""
+    leaves the tensors in one tolist() per image.
+
+    A label that `contiguous_id_to_category_id` maps to None (a category the test data
+    lacks, see data/categories.py) has its detections dropped; a label it does not
+    have at all is a UserError (the model does not fit the dataset).
+    """
     boxes = output["boxes"]
     if int(boxes.shape[0]) == 0:
         return []
@@ -95,7 +100,7 @@ def coco_result_dicts(
     scores = output["scores"].detach().to("cpu", torch.float64).tolist()  # float64 holds float32 exactly
     labels = output["labels"].detach().cpu().tolist()
     try:
-        category_ids = [int(contiguous_id_to_category_id[int(label)]) for label in labels]
+        category_ids = [contiguous_id_to_category_id[int(label)] for label in labels]
     except KeyError as e:
         raise UserError(
             f"the model predicted label {e.args[0]}, but the dataset has contiguous ids "
@@ -105,7 +110,7 @@ def coco_result_dicts(
 
     image_id = int(image_id)
     results = [
-        {"image_id": image_id, "category_id": cat, "bbox": box, "score": score}
+        {"image_id": image_id, "category_id": None if cat is None else int(cat), "bbox": box, "score": score}
         for cat, box, score in zip(category_ids, boxes.tolist(), scores)
     ]
     if rles is not None:
@@ -117,6 +122,8 @@ def coco_result_dicts(
             kpts[..., 2] = output["keypoints_scores"].detach().to("cpu", torch.float32)
         for res, kp in zip(results, kpts.flatten(1).tolist()):
             res["keypoints"] = kp
+    if None in category_ids:  # labels of categories the test data lacks (TEST.CATEGORY_MATCH name): dropped
+        results = [r for r in results if r["category_id"] is not None]
     return results
 
 
