@@ -1,6 +1,7 @@
 import importlib.util
 import logging
 import os
+import subprocess
 
 import pytest
 import torch
@@ -44,6 +45,25 @@ def _restore_zenith_logger():
         if h not in logger.handlers:
             logger.addHandler(h)
     logger.propagate, logger.level = propagate, level
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """mount_at(size) -> a folder on a real tmpfs of that size (a real ENOSPC); skips where mounting is not allowed."""
+    mounted = []
+
+    def mount_at(size):
+        path = tmp_path / f"fs{len(mounted)}"
+        path.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount_at
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -174,6 +174,29 @@ def test_sigkill_with_loader_workers_then_immediate_resume(datasets_root, tmp_pa
     assert "Stopped after 12 iterations" in stdout
 
 
+def test_a_disk_that_fills_during_training_is_one_line(datasets_root, small_filesystem, tmp_path):
+    """metrics.json, log.txt and TensorBoard are written every iteration: a disk filled mid-run by
+    someone else stops the run with one line naming the folder."""
+    disk = small_filesystem("8m")
+    out = str(disk / "run")
+    args = ["--config", CONFIG, *FAST, "SOLVER.MAX_ITER", "5000", "SOLVER.CHECKPOINT_PERIOD", "5000", "OUTPUT_DIR", out]
+    proc = subprocess.Popen([sys.executable, TRAIN_NET, *args], env=_env(datasets_root),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_iteration(os.path.join(out, "metrics.json"), 2, proc)
+    with open(disk / "filler", "wb", buffering=0) as f:  # what another job on the same disk would do
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    stdout, stderr = proc.communicate(timeout=300)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, stderr[-2000:]
+    assert len(lines) == 1 and "disk is full" in lines[0] and out in lines[0], stderr[-2000:]
+    assert "Traceback" not in stdout + stderr
+    assert not [n for n in os.listdir(out) if n.startswith(".zenith_tmp.")]
+
+
 def _alive(pid):
     try:
         with open(f"/proc/{pid}/status") as f:

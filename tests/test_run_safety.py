@@ -414,6 +414,18 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(datasets_root, 
     assert code == 0, err
 
 
+@pytest.mark.parametrize("size", ["13m", "17m", "21m"])
+def test_a_real_full_disk_while_checkpointing_is_one_line(datasets_root, small_filesystem, capsys, size):
+    """Where the space runs out decides whether torch.save reports ENOSPC as an OSError or as a
+    RuntimeError ("unexpected pos"): either way the line must say the disk is full."""
+    out = small_filesystem(size) / "run"  # one 11.8 MB checkpoint fits, a second does not
+    code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2"], capsys)
+    assert_one_line(code, err, "disk is full", str(out))
+    assert open(out / "last_checkpoint").read() == "model_0000002.pth"
+    assert torch.load(out / "model_0000002.pth", weights_only=True)["iteration"] == 2
+    assert not glob.glob(str(out / (fileio.TEMP_PREFIX + "*")))
+
+
 def test_stale_temporaries_are_removed_at_the_next_start(datasets_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1"], capsys)[0] == 0
@@ -441,6 +453,43 @@ def test_clean_up_never_follows_a_symlinked_subfolder(datasets_root, tmp_path, c
     assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1"], capsys)[0] == 0
     assert in_flight.read_bytes() == b"being written by another run"
     assert not os.path.lexists(out / (fileio.TEMP_PREFIX + "link"))
+
+
+def test_metrics_cut_mid_line_by_a_crash_lose_no_record_on_resume(datasets_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"], capsys)[0] == 0
+    with open(out / "metrics.json", "a") as f:
+        f.write('{"iteration": 2, "total_lo')  # the crash came mid-write
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "4", "--resume"], capsys)[0] == 0
+    lines = (out / "metrics.json").read_text().splitlines()
+    assert lines.count('{"iteration": 2, "total_lo') == 1
+    records = [json.loads(line) for line in lines if line != '{"iteration": 2, "total_lo']
+    assert {r["iteration"] for r in records} == {0, 1, 2, 3}
+
+
+def test_a_run_refused_before_its_first_iteration_leaves_no_metrics(datasets_root, tmp_path, capsys):
+    """Otherwise the folder 'holds an earlier run' and the corrected command needs --resume."""
+    from zenith_det.data import generate_synthetic_coco
+
+    json_file, image_root = generate_synthetic_coco(str(tmp_path / "crowd"), "shapes", "train", 4, seed=1)
+    data = json.load(open(json_file))
+    for a in data["annotations"]:
+        a["iscrowd"] = 1  # accepted as data, but nothing left to train on
+    json.dump(data, open(json_file, "w"))
+    out = tmp_path / "run"
+    code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", "DATASETS.REGISTER",
+                     f"[['crowd', '{json_file}', '{image_root}']]", "DATASETS.TRAIN", "('crowd',)"], capsys)
+    assert_one_line(code, err, "no image has a usable annotation")
+    left = os.listdir(out)
+    assert "metrics.json" not in left and not [n for n in left if n.startswith("events.out.tfevents")], left
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1"], capsys)[0] == 0  # no --resume needed
+
+
+def test_an_output_dir_whose_name_is_not_utf8_is_one_line(datasets_root, tmp_path, capsys):
+    out = os.fsdecode(bytes(tmp_path) + b"/run_\xff")
+    code, err = cli(["OUTPUT_DIR", out, "SOLVER.MAX_ITER", "1"], capsys)
+    assert_one_line(code, err, "OUTPUT_DIR", "run_\\xff", "UTF-8")
+    assert not os.path.exists(out)
 
 
 def test_atomic_write_uses_fresh_names_and_plain_permissions(tmp_path):

@@ -79,6 +79,13 @@ def _claim_output_dir(out: str, resume: bool) -> list:
     """Rank 0: a writable folder, locked for this run, not holding an earlier run unless resuming.
     Returns the stale temporaries it removed (logged once logging is set up)."""
     try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        # TensorBoard and the json files record the folder's name as UTF-8: refuse before writing anything.
+        shown = os.fsencode(out).decode("utf-8", "backslashreplace")
+        raise UserError(f"OUTPUT_DIR {shown} is not a UTF-8 name (TensorBoard cannot write there); "
+                        "choose a folder name in UTF-8") from None
+    try:
         os.makedirs(out, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out)
         os.close(fd)

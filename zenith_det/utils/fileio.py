@@ -28,33 +28,56 @@ def _umask() -> int:
     return mask
 
 
+class _KeepsWriteErrors:
+    """A file whose first OSError from `write` is kept: torch.save reports a full disk as a
+    RuntimeError ("unexpected pos ..."), and the cause must still reach the user."""
+
+    def __init__(self, f):
+        self._f = f
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 def atomic_write(path: str, write: Callable, binary: bool = True) -> None:
     """Write `path` through `write(file)`, atomically.
 
     The file gets the permissions a plain `open` would give (mkstemp's 0600 is
-    widened to 0666 & ~umask). A full disk or another OSError leaves `path` as it
-    was, removes the temporary and raises UserError naming the folder.
+    widened to 0666 & ~umask). A full disk or another OSError, also one that
+    `write` wrapped in another exception, leaves `path` as it was, removes the
+    temporary and raises UserError naming the folder.
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=directory)
     except OSError as e:
-        raise _write_error(path, directory, e) from e
+        raise write_error(path, e) from e
+    f = None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb" if binary else "w") as f:
+        with os.fdopen(fd, "wb" if binary else "w") as raw:
+            f = _KeepsWriteErrors(raw)
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         try:
             os.remove(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError):
-            raise _write_error(path, directory, e) from e
+        cause = e if isinstance(e, OSError) else getattr(f, "error", None)
+        if cause is not None:
+            raise write_error(path, cause) from e
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
@@ -71,7 +94,9 @@ def atomic_write_text(text: str, path: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _write_error(path: str, directory: str, err: OSError) -> UserError:
+def write_error(path: str, err: OSError) -> UserError:
+    """The one line for a failed write of `path`: which folder, why, and that earlier files are intact."""
+    directory = os.path.dirname(os.path.abspath(path))
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         why = "the disk is full"
     else:

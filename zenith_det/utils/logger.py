@@ -4,6 +4,21 @@ import os
 import sys
 
 
+class _LogFile(logging.FileHandler):
+    """log.txt that a full disk turns off instead of printing a traceback per record.
+
+    The run's next checkpoint or metrics write then stops it with one line naming the folder.
+    """
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            return super().handleError(record)
+        self.setLevel(logging.CRITICAL + 1)
+        print(f"warning: {self.baseFilename} can no longer be written ({error.strerror}); "
+              "logging to the console only", file=sys.stdout, flush=True)
+
+
 def setup_logger(output_dir=None, rank: int = 0, name: str = "zenith_det") -> logging.Logger:
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
@@ -23,7 +38,7 @@ def setup_logger(output_dir=None, rank: int = 0, name: str = "zenith_det") -> lo
         console.setFormatter(fmt)
         logger.addHandler(console)
     if output_dir:
-        handler = logging.FileHandler(os.path.join(output_dir, "log.txt"), mode="a")
+        handler = _LogFile(os.path.join(output_dir, "log.txt"), mode="a")
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     return logger
