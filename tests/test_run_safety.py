@@ -126,6 +126,22 @@ def test_resume_does_not_fall_back_past_an_io_error(tiny_cfg, monkeypatch):
         trainer.resume_or_load(resume=True)
 
 
+@pytest.mark.parametrize("tag", [b"", b"\n", b"model_\xff\xfe.pth", b"../other/model_final.pth"])
+def test_a_bad_last_checkpoint_falls_back_to_the_checkpoints_beside_it(datasets_root, tmp_path, capsys, tag):
+    """Empty or not UTF-8 (a crash while it was written), or naming another run's folder: warned
+    about, and this folder's own newest checkpoint is resumed."""
+    other = tmp_path / "other"
+    assert cli(["OUTPUT_DIR", str(other), "SOLVER.MAX_ITER", "6"], capsys)[0] == 0
+    out = tmp_path / "run"
+    assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"], capsys)[0] == 0
+    (out / "last_checkpoint").write_bytes(tag)
+    code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "4", "--resume"], capsys)
+    assert code == 0, err
+    log = (out / "log.txt").read_text()
+    assert f"Resumed from {out / 'model_final.pth'} at iteration 2" in log
+    assert "Ignoring" in log and "last_checkpoint" in log
+
+
 # ------------------------------------------------------------------ 3. one run per OUTPUT_DIR
 
 def test_a_folder_in_use_is_refused_naming_the_holder(tiny_cfg):

@@ -53,14 +53,46 @@ class AtomicCheckpointer(Checkpointer):
         if self.save_to_disk:
             atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
 
+    def _tagged(self) -> Optional[str]:
+        """The checkpoint `last_checkpoint` names, if it names one of this folder's own files.
+
+        An empty or unreadable tag (a crash while it was written, a foreign file) is
+        warned about and ignored, so the resume falls back to the checkpoints beside
+        it; a tag naming a file in another folder (`../other/model_...`) too: a run
+        resumes only from its own OUTPUT_DIR.
+        """
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, "rb") as f:
+                name = f.read(4096).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            logger.warning("Ignoring %s: it is unreadable (%s); using the checkpoints beside it", path,
+                           getattr(e, "strerror", None) or type(e).__name__)
+            return None
+        if not name:
+            logger.warning("Ignoring %s: it is empty; using the checkpoints beside it", path)
+            return None
+        if os.path.basename(name) != name or name in (".", ".."):
+            logger.warning("Ignoring %s: it names %r, which is not a file of this folder; a run resumes only from "
+                           "its own OUTPUT_DIR, so the checkpoints beside it are used", path, name)
+            return None
+        return os.path.join(self.save_dir, name)
+
+    def has_checkpoint(self) -> bool:
+        return self._tagged() is not None
+
+    def get_checkpoint_file(self) -> str:
+        return self._tagged() or ""
+
     def _load_file(self, f: str):
         return load_torch_file(f, "--resume")
 
     def candidates(self) -> List[str]:
         """Checkpoints to resume from, best first: the tagged one, then the others, newest first."""
-        found = []
-        if self.has_checkpoint():
-            found.append(self.get_checkpoint_file())
+        tagged = self._tagged()
+        found = [tagged] if tagged else []
 
         def key(p):
             m = _PERIODIC.search(p)
@@ -127,7 +159,7 @@ class AtomicCheckpointer(Checkpointer):
         """Delete periodic checkpoints beyond the newest `max_to_keep` (never the tagged one)."""
         if not self.save_to_disk or max_to_keep <= 0:
             return
-        tagged = self.get_checkpoint_file() if self.has_checkpoint() else None
+        tagged = self._tagged()
         periodic = sorted(
             (p for p in glob.glob(os.path.join(self.save_dir, "model_*.pth")) if _PERIODIC.search(p)),
             key=lambda p: int(_PERIODIC.search(p).group(1)),
