@@ -92,7 +92,7 @@ def test_our_checkpoints_load_with_weights_only(tiny_cfg):
     trainer = Trainer(tiny_cfg)
     trainer.train()
     state = torch.load(os.path.join(tiny_cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)
-    assert {"model", "optimizer", "iteration", "rng", "budget", "hooks", "config"} <= set(state)
+    assert {"model", "optimizer", "iteration", "rng", "budget", "hooks", "config", "data"} <= set(state)
     assert state["iteration"] == tiny_cfg.SOLVER.MAX_ITER
 
 
@@ -258,6 +258,29 @@ def test_resume_refuses_a_change_that_makes_another_run(datasets_root, tmp_path,
     code, err = cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "4", key, value, "--resume"], capsys)
     assert_one_line(code, err, key, shown)
     assert (out / "config.yaml").read_text() == config_before
+
+
+@pytest.mark.parametrize("change", ["rename_category", "remove_images"])
+def test_resume_refuses_training_data_changed_under_the_same_name(datasets_root, tmp_path, capsys, change):
+    from zenith_det.data import generate_synthetic_coco
+
+    json_file, image_root = generate_synthetic_coco(str(tmp_path / "mine"), "shapes", "train", 6, seed=3)
+    original = open(json_file, "rb").read()
+    args = ["DATASETS.REGISTER", f"[['mine', '{json_file}', '{image_root}']]", "DATASETS.TRAIN", "('mine',)",
+            "OUTPUT_DIR", str(tmp_path / "run")]
+    assert cli([*args, "SOLVER.MAX_ITER", "2"], capsys)[0] == 0
+    data = json.loads(original)
+    if change == "rename_category":
+        data["categories"][0]["name"] = "blob"
+    else:
+        kept = {img["id"] for img in data["images"][:3]}
+        data["images"] = [img for img in data["images"] if img["id"] in kept]
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in kept]
+    json.dump(data, open(json_file, "w"))
+    code, err = cli([*args, "SOLVER.MAX_ITER", "4", "--resume"], capsys)
+    assert_one_line(code, err, "training data mine", json_file, "model_final.pth", "sha256")
+    open(json_file, "wb").write(original)  # the same bytes again: the run continues
+    assert cli([*args, "SOLVER.MAX_ITER", "4", "--resume"], capsys)[0] == 0
 
 
 def test_resume_applies_and_logs_continuing_changes(tiny_cfg):

@@ -15,6 +15,7 @@ from .build import (
     get_detection_dataset,
     metadata_from_cfg,
     targets_for_architecture,
+    training_data_identity,
 )
 from .catalog import dataset_root, get_dataset_paths, list_datasets, register_coco_dataset, register_datasets_from_cfg
 from .coco import CocoDetection, DatasetError, DatasetMetadata, load_coco_json, load_coco_table, read_image
@@ -58,4 +59,5 @@ __all__ = [
     "register_coco_dataset",
     "register_datasets_from_cfg",
     "targets_for_architecture",
+    "training_data_identity",
 ]

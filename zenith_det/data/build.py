@@ -17,7 +17,7 @@ from ..config.architectures import architecture_targets
 from ..errors import UserError
 from ..utils import comm
 from .catalog import get_dataset_paths, register_datasets_from_cfg
-from .coco import CocoDetection
+from .coco import CocoDetection, json_identity
 from .samplers import InferenceSampler, TrainingBatchSampler, aspect_ratio_group_ids
 from .transforms import Compose, RandomHorizontalFlip
 
@@ -28,6 +28,7 @@ __all__ = [
     "get_dataset_metadata",
     "metadata_from_cfg",
     "targets_for_architecture",
+    "training_data_identity",
     "SeededConcatDataset",
     "collate",
 ]
@@ -83,6 +84,16 @@ def metadata_from_cfg(cfg):
     metas = [get_dataset_metadata(n, cfg) for n in names]
     _check_same_categories(field, names, metas)
     return metas[0]
+
+
+def training_data_identity(cfg):
+    """{name: {"json": path, "bytes": size, "sha256": digest}} of each DATASETS.TRAIN annotation file."""
+    register_datasets_from_cfg(cfg)
+    identity = {}
+    for name in cfg.DATASETS.TRAIN:
+        json_file, _ = get_dataset_paths(name)
+        identity[name] = {"json": os.path.abspath(json_file), **json_identity(json_file)}
+    return identity
 
 
 def _check_same_categories(field, names, metas):

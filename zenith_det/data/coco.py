@@ -6,6 +6,7 @@ polygons or RLE. Every mistake in the data is reported as one line that names th
 json (and annotation) or the image file, so it can be fixed without a debugger.
 """
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -118,6 +119,22 @@ def load_coco_json(json_file) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco
+
+
+_IDENTITY_CACHE = {}  # (path, mtime_ns, size) -> identity
+
+
+def json_identity(json_file) -> dict:
+    """{"bytes": size, "sha256": hex digest} of an annotation file: what a checkpoint records of
+    its training data, so a resume can tell the same file from one changed under the same name."""
+    key = _cache_key(json_file)
+    if key not in _IDENTITY_CACHE:
+        digest = hashlib.sha256()
+        with open(json_file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        _IDENTITY_CACHE[key] = {"bytes": key[2], "sha256": digest.hexdigest()}
+    return dict(_IDENTITY_CACHE[key])
 
 
 def _cache_key(json_file):

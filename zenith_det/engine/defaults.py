@@ -25,6 +25,7 @@ from ..data import (
     get_detection_dataset,
     metadata_from_cfg,
     targets_for_architecture,
+    training_data_identity,
 )
 from ..data.categories import match_categories
 from ..errors import UserError
@@ -40,7 +41,7 @@ from . import hooks
 from .checkpoint import AtomicCheckpointer
 from .precise_bn import recompute_bn_stats
 from .preemption import preemption_signals
-from .resume import resume_config, saved_config
+from .resume import check_same_training_data, resume_config, saved_config
 from .run_lock import acquire_run_lock
 from .train_loop import SimpleTrainer
 from .writers import CommonMetricPrinter, JSONWriter, TensorboardWriter
@@ -237,6 +238,8 @@ class Trainer(SimpleTrainer):
         self.cfg = cfg
         device = resolve_device(cfg)
         self.metadata = metadata_from_cfg(cfg)
+        # What the checkpoints record of the training data, so a resume can refuse a changed json.
+        self.data_identity = training_data_identity(cfg)
         model = build_model(cfg, self.metadata).to(device)
         optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, optimizer)
@@ -314,6 +317,7 @@ class Trainer(SimpleTrainer):
         state["rng"] = rng_state()
         # YAML text: a plain string, and what `--resume` compares the new config with.
         state["config"] = self.cfg.dump()
+        state["data"] = self.data_identity
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -347,6 +351,7 @@ class Trainer(SimpleTrainer):
             self.cfg, changes = resume_config(saved_config(state["config"], path), self.cfg, path)
             if changes:
                 logger.info("Resuming with changed settings: %s", "; ".join(changes))
+        check_same_training_data(state.get("data"), self.data_identity, path)
         self.checkpointer.load_model(path, state)
         self.load_state_dict(state)
         self.last_good_checkpoint = path

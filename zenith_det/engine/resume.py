@@ -11,6 +11,10 @@ config is compared with it key by key:
 
 Refusing by default is deliberate: a key added later is safe until someone decides
 it may change mid-run.
+
+The training data is compared by content too: a checkpoint records each training
+json's size and SHA-256, and a json changed under the same path (images removed,
+categories renamed) is refused like a changed key.
 """
 import fnmatch
 from typing import List, Tuple
@@ -112,3 +116,25 @@ def _refusal(key, before, after, path) -> UserError:
         f"--resume: {key} is {after!r} here but {before!r} in {path}; a resumed run must keep it. "
         f"Resume with {key} {before!r}, or start a new run in another OUTPUT_DIR"
     )
+
+
+def check_same_training_data(saved: dict, current: dict, path: str) -> None:
+    """Refuse a resume whose training jsons differ from the ones the checkpoint at `path` recorded.
+
+    `saved`/`current` are data.training_data_identity() dicts; a checkpoint from before
+    the identity was recorded (`saved` None) is not checked.
+    """
+    if saved is None:
+        return
+    for name in sorted(set(saved) | set(current)):
+        was, now = saved.get(name), current.get(name)
+        if was is not None and now is not None and (was["bytes"], was["sha256"]) == (now["bytes"], now["sha256"]):
+            continue
+        json_file = (now or was)["json"]
+        then = f"{was['bytes']} bytes, sha256 {was['sha256'][:12]}" if was else "not in the run"
+        here = f"{now['bytes']} bytes, sha256 {now['sha256'][:12]}" if now else "not in the run"
+        raise UserError(
+            f"--resume: the training data {name} ({json_file}) is not what {path} was trained on "
+            f"(then {then}; now {here}); a resumed run must train on the same data. "
+            "Restore that file, or start a new run in another OUTPUT_DIR"
+        )
