@@ -600,6 +600,32 @@ def test_polygon_coordinates_keep_every_decimal(tmp_path):
     assert torch.equal(mask, torch.from_numpy(mask_util.decode(mask_util.frPyObjects([polygon], 40, 30)[0])))
 
 
+@pytest.mark.parametrize("value", [1e8, 1e12, -1e8])
+def test_absurd_polygon_coordinates_are_one_line_at_load(tmp_path, value):
+    # pycocotools' rasteriser dies by SIGSEGV on these (or asks for ~16 GB at 1e8): refused at load,
+    # before any worker rasterises it. Image 10 is 40x30.
+    polygon = [5, 5, value, 5, 25, 20, 5, 20]
+    json_file, root = _mutated(tmp_path, lambda d: _ann(d, 7).update(segmentation=[[0, 20, 10, 20, 10, 30], polygon]))
+    one_line_error(lambda: CocoDetection(json_file, root), json_file, "annotation id 7 (annotations[6])",
+                   f"'segmentation' point ({value:.10g}, 5) far outside its 40x30 image",
+                   "within 1000 px of the image (x in [-1000, 1040], y in [-1000, 1030] here)")
+
+
+def test_polygons_outside_the_image_within_the_bound_are_accepted(tmp_path):
+    # COCO has points a pixel or two past the border; tiny_data's annotation 6 lies wholly off its
+    # image (and is dropped); the bound is 1000 px around a 40x30 image.
+    near = [-1.5, -2, 41.5, -2, 42, 31.5, -2, 32]
+    edge = [-1000, -1000, 1040, -1000, 1040, 1030, -1000, 1030]
+    json_file, root = _mutated(tmp_path, lambda d: [_ann(d, 1).update(segmentation=[near]),
+                                                    _ann(d, 7).update(segmentation=[edge])])
+    target = CocoDetection(json_file, root, with_masks=True)[0][1]
+    for polygon, mask in zip((near, edge), target["masks"][[0, 3]]):
+        assert torch.equal(mask, torch.from_numpy(mask_util.decode(mask_util.frPyObjects([polygon], 30, 40)[0])))
+    beyond = edge[:5] + [1030.01] + edge[6:]
+    json_file, root = _mutated(tmp_path, lambda d: _ann(d, 7).update(segmentation=[beyond]))
+    one_line_error(lambda: CocoDetection(json_file, root), "annotation id 7", "(1040, 1030.01)")
+
+
 def test_compressed_rles_of_any_mask_load_and_decode_as_pycocotools(tmp_path):
     rng = np.random.default_rng(0)
     masks = [(rng.random((30, 40)) < p).astype(np.uint8) for p in (0.0, 0.02, 0.5, 0.97, 1.0)]

@@ -252,6 +252,12 @@ def _without(field, value=DROP):
     return gt
 
 
+def _with_polygon(index, segmentation):
+    gt = _gt()
+    gt["annotations"][index]["segmentation"] = segmentation
+    return gt
+
+
 BAD_GT = {
     "no categories": (_without("categories"), ["no 'categories'"]),
     "empty categories": (_without("categories", []), ["'categories' is empty"]),
@@ -264,6 +270,14 @@ BAD_GT = {
     "image without id": (dict(_gt(), images=[{"height": H, "width": W}]), ["images[0] has no 'id'"]),
     "repeated category id": (dict(_gt(), categories=[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]),
                              ["categories[1] has id 1, as categories[0] has", "unique"]),
+    "polygon point at 1e8": (_with_polygon(1, [[2.0, 3.0, 1e8, 3.0, 22.0, 33.0]]),
+                             ["annotations[1] (id 2) has a 'segmentation' point (100000000, 3) far outside its 30x50 image",
+                              "within 1000 px of the image (x in [-1000, 1030], y in [-1000, 1050] here)"]),
+    "polygon point at -1e12": (_with_polygon(0, [POLY[0], [10.0, -1e12, 30.0, 5.0, 30.0, 21.0]]),
+                               ["annotations[0] (id 1) has a 'segmentation' point (10, -1e+12) far outside its 60x40"]),
+    "polygon point NaN": (_with_polygon(0, [[10.0, 5.0, float("nan"), 5.0, 30.0, 21.0]]), ["point (nan, 5)"]),
+    "polygon word": (_with_polygon(0, [[10.0, 5.0, "far", 5.0, 30.0, 21.0]]),
+                     ["annotations[0] (id 1) has 'far' (a string) in its 'segmentation'", "numbers"]),
 }
 
 
@@ -359,6 +373,41 @@ def test_eval_coco_refuses_bad_input_in_one_line(tmp_path):
         assert proc.returncode == 2 and len(lines) == 1, (name, proc.returncode, proc.stderr[-2000:])
         for word in words:
             assert word in lines[0], (name, word, lines[0])
+
+
+@pytest.mark.parametrize("value", [1e8, 1e12])
+def test_eval_coco_refuses_absurd_polygon_coordinates_in_one_line(tmp_path, value):
+    """pycocotools' rasteriser dies by SIGSEGV on a polygon point at 1e12 px, and at 1e8 px asks for
+    ~16 GB first. Run as a user runs it (a subprocess: without the check the crash would end pytest)."""
+    absurd = [[10.0, 5.0, value, 5.0, 30.0, 21.0, 10.0, 21.0]]
+    gt = _gt()
+    gt["annotations"][0]["segmentation"] = absurd
+    point = f"point ({value:.10g}, 5) far outside its 60x40 image"
+    cases = [
+        ("gt", gt, json.dumps([_good()]), ["gt_gt.json: annotations[0] (id 1) has a 'segmentation' " + point]),
+        ("res", _gt(), json.dumps([_good(), dict(_good(), segmentation=absurd)]),
+         ["res_res.json: results[1]['segmentation'] has a " + point, "(image 1)"]),
+    ]
+    for name, gt, results, words in cases:
+        gt_file, res_file = _cli_case(tmp_path, name, gt, results)
+        proc = _eval_coco("--gt", gt_file, "--results", res_file)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (name, proc.returncode, proc.stderr[-2000:])
+        for word in words + ["within 1000 px of the image", "fix the coordinates"]:
+            assert word in lines[0], (name, word, lines[0])
+
+
+def test_polygons_a_little_outside_the_image_are_evaluated():
+    """COCO has polygon points a pixel or two past the border: in the ground truth and in results,
+    they score as the mask pycocotools makes of them."""
+    near = [[-1.5, -2.0, 61.5, -2.0, 62.0, 41.5, -2.0, 42.0]]  # image 1 is 60x40
+    gt = _gt()
+    gt["annotations"][0]["segmentation"] = near
+    result = dict(_good(), segmentation=near)
+    assert evaluate_results_json(gt, [result], "segm")["AP-thing"] == pytest.approx(100)
+    rle = mask_util.merge(mask_util.frPyObjects(near, H, W))
+    rle["counts"] = rle["counts"].decode("ascii")
+    assert evaluate_results_json(gt, [dict(result, segmentation=rle)], "segm")["AP-thing"] == pytest.approx(100)
 
 
 def test_eval_coco_names_the_result_without_the_task_field(gt_path, tmp_path, capsys):

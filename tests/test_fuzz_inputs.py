@@ -12,13 +12,15 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FAST_CLI, SYNTHETIC_CONFIG, load_tool
+from conftest import FAST_CLI, REPO, SYNTHETIC_CONFIG, load_tool
 from zenith_det.data import generate_synthetic_coco
 
 pytestmark = pytest.mark.slow
@@ -136,3 +138,26 @@ def test_a_mutated_config_trains_or_is_one_line(clean_dataset, datasets_root, ke
     data, image_root = clean_dataset
     code, stderr = _train_and_evaluate(data, image_root, [key, value])
     _assert_works_or_one_line(code, stderr, f"{key} {value}")
+
+
+@pytest.mark.parametrize("value", [1e8, 1e12])
+def test_absurd_polygon_coordinates_stop_training_in_one_line(clean_dataset, datasets_root, tmp_path, value):
+    """pycocotools' rasteriser dies by SIGSEGV on a polygon point at 1e12 px (at 1e8 px it asks for
+    ~16 GB first), in whichever loader worker draws that image. tools/train_net.py runs in a
+    subprocess: without the check at load, the crash would end pytest."""
+    data, image_root = clean_dataset
+    data = copy.deepcopy(data)
+    i, ann = next((i, a) for i, a in enumerate(data["annotations"]) if isinstance(a.get("segmentation"), list))
+    ann["segmentation"][0][2] = value
+    json_file = tmp_path / "data.json"
+    json_file.write_text(json.dumps(data))
+    args = ["--config", CONFIG, *FAST, "OUTPUT_DIR", str(tmp_path / "out"),
+            "DATASETS.REGISTER", f"[['absurd', '{json_file}', '{image_root}']]", "DATASETS.TRAIN", "('absurd',)"]
+    env = dict(os.environ, ZENITH_DATASETS=datasets_root, PYTHONPATH=REPO, OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    _assert_works_or_one_line(proc.returncode, proc.stderr, f"x = {value:g}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    for word in (str(json_file), f"annotation id {ann['id']} (annotations[{i}])",
+                 f"'segmentation' point ({value:.10g}, ", "within 1000 px of the image"):
+        assert word in proc.stderr, (word, proc.stderr)

@@ -21,6 +21,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from ..errors import UserError
+from ..utils.polygon_bounds import first_polygon_outside, point_outside, polygon_bound_fix
 
 __all__ = ["CocoTable", "read_coco_json", "pack_coco", "compressed_rle_totals", "release_freed_memory",
            "SEGM_NONE", "SEGM_POLYGONS", "SEGM_RLE", "SEGM_SHORT"]
@@ -472,6 +473,11 @@ def _pack_segmentations(segs, names, heights, widths):
         k = int(odd[0])
         raise names.fail(poly_owner[k], f"has a polygon of {lengths[k]} numbers in its 'segmentation'",
                          "a polygon is x, y pairs: remove the stray number")
+    outside = first_polygon_outside(coords, lengths, widths[poly_owner], heights[poly_owner])
+    if outside is not None:  # before pycocotools ever rasterises it: see polygon_bounds.py
+        k, x, y = outside
+        w, h = widths[poly_owner[k]], heights[poly_owner[k]]
+        raise names.fail(poly_owner[k], f"has a 'segmentation' {point_outside(x, y, w, h)}", polygon_bound_fix(w, h))
     # pycocotools rejects polygons of < 3 points; real COCO has a few beside good ones.
     usable = lengths >= 6
     coords = _centipixels(coords[np.repeat(usable, lengths)])

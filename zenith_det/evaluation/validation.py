@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import UserError
+from ..utils.polygon_bounds import first_polygon_outside, point_outside, polygon_bound_fix
 from .rle_check import first_bad_rle_string
 
 _MISSING = object()
@@ -142,6 +143,49 @@ def check_gt(dataset, source: str) -> None:
             i = next(i for i, v in enumerate(ids) if seen.setdefault(v, i) != i)
             raise UserError(f"{source}: {field}[{i}] has id {ids[i]}, as {field}[{seen[ids[i]]}] has; "
                             f"{field[:-1]} ids must be unique")
+    _check_gt_polygons(dataset, source)
+
+
+def _check_gt_polygons(dataset, source: str) -> None:
+    """The ground truth's polygons lie near their image (polygon_bounds.py): COCOeval hands them to
+    pycocotools' C rasteriser, which a point at 1e8 px crashes. Annotations on an image without a
+    size are left alone: pycocotools stops at the missing size before it rasterises anything."""
+    sizes = {}
+    for img in dataset["images"]:
+        h, w = img.get("height"), img.get("width")
+        if _is_number(h, integer=True) and _is_number(w, integer=True) and h > 0 and w > 0:
+            sizes[img["id"]] = (h, w)
+    anns = dataset["annotations"]
+    rows = [i for i, a in enumerate(anns) if type(a.get("segmentation")) is list
+            and type(a.get("image_id")) is int and a["image_id"] in sizes]
+    # What pycocotools would rasterise as polygons; it reads numeric strings too, and drops an odd last number.
+    polys = [(i, p[:len(p) - len(p) % 2]) for i in rows for p in anns[i]["segmentation"] if type(p) in (list, tuple)]
+    if not polys:
+        return
+    fix = "polygon coordinates are numbers x1, y1, x2, y2, ..."
+    lengths = np.fromiter((len(p) for _, p in polys), np.int64, len(polys))
+    try:
+        coords = np.fromiter(itertools.chain.from_iterable(p for _, p in polys), np.float64, int(lengths.sum()))
+    except (TypeError, ValueError, OverflowError):
+        i, v = next(((i, v) for i, p in polys for v in p if not _as_float(v)), (polys[0][0], None))
+        raise UserError(f"{source}: annotations[{i}] (id {anns[i].get('id')}) has {_show(v)} in its "
+                        f"'segmentation'; {fix}") from None
+    owner = [i for i, _ in polys]
+    h, w = np.array([sizes[anns[i]["image_id"]] for i in owner], np.float64).reshape(-1, 2).T
+    outside = first_polygon_outside(coords, lengths, w, h)
+    if outside is not None:
+        k, x, y = outside
+        i = owner[k]
+        raise UserError(f"{source}: annotations[{i}] (id {anns[i].get('id')}) has a 'segmentation' "
+                        f"{point_outside(x, y, w[k], h[k])}; {polygon_bound_fix(w[k], h[k])}")
+
+
+def _as_float(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def image_sizes(coco_gt, gt_source: str) -> Dict[int, Tuple[int, int]]:
@@ -186,6 +230,7 @@ def check_results(results: List[Dict], coco_gt, task: str, source: str,
     if not any(problems) and task == "segm":
         sizes = image_sizes(coco_gt, gt_source)
         problems.append(_first_wrong_mask(source, gt_source, values["segmentation"], image_ids, sizes))
+        problems.append(_first_polygon_outside(source, values["segmentation"], image_ids, sizes))
     if not any(problems) and task == "keypoints" and keypoint_shape is not None and keypoint_shape[0] is not None:
         num, cats = keypoint_shape
         pairs = enumerate(zip(values["keypoints"], category_ids))
@@ -379,6 +424,27 @@ def _first_wrong_mask(source, gt_source, segms, image_ids, sizes) -> Optional[Tu
     k, why = min(problems)
     return rle[k], (f"{source}: results[{rle[k]}]['segmentation'] is not a valid RLE: {why}; "
                     "encode masks with pycocotools.mask.encode")
+
+
+def _first_polygon_outside(source, segms, image_ids, sizes) -> Optional[Tuple[int, str]]:
+    """The first polygon result with a point far outside its image (polygon_bounds.py): their
+    RLE is made by pycocotools' C rasteriser, which a point at 1e8 px crashes. Polygons are
+    well formed here (_segm_problem): lists of finite numbers, x, y pairs."""
+    rows = [i for i, s in enumerate(segms) if type(s) is list]
+    polys = [(i, p) for i in rows for p in segms[i]]
+    if not polys:
+        return None
+    lengths = np.fromiter((len(p) for _, p in polys), np.int64, len(polys))
+    coords = np.fromiter(itertools.chain.from_iterable(p for _, p in polys), np.float64, int(lengths.sum()))
+    owner = [i for i, _ in polys]
+    h, w = np.array([sizes[image_ids[i]] for i in owner], np.float64).reshape(-1, 2).T
+    outside = first_polygon_outside(coords, lengths, w, h)
+    if outside is None:
+        return None
+    k, x, y = outside
+    i = owner[k]
+    return i, (f"{source}: results[{i}]['segmentation'] has a {point_outside(x, y, w[k], h[k])} "
+               f"(image {image_ids[i]}); {polygon_bound_fix(w[k], h[k])}")
 
 
 def _pairs(pairs, n: int) -> np.ndarray:
