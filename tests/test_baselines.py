@@ -22,6 +22,7 @@ from zenith_det.solver import (
     build_lr_scheduler,
     build_optimizer,
     lr_schedule_name,
+    list_optimizers,
     optimizer_spec,
     register_optimizer,
 )
@@ -29,6 +30,20 @@ from zenith_det.solver import (
 BUILTIN = ("SGD", "ZENITH", "ADAMW", "ADAMW_ZENITH")
 BASELINES = ("DADAPT_SGD", "PRODIGY", "ALIG", "SCHEDULEFREE_SGD", "SCHEDULEFREE_SGD_PO", "DOG", "LDOG", "DOWG", "COCOB")
 CONFIG_BASE_LR = 0.02  # the synthetic configs' (and get_cfg's) BASE_LR
+COMPARE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "compare")
+
+
+def _compare_configs():
+    from zenith_det.config import load_config
+
+    return {name: load_config(os.path.join(COMPARE, name)) for name in sorted(os.listdir(COMPARE))
+            if name.endswith(".yaml") and not name.startswith("Base")}
+
+
+def _raced_lr(key):
+    """The BASE_LR configs/compare/ races `key` at (its authors' setting), else the configs' 0.02."""
+    return next((cfg.SOLVER.BASE_LR for cfg in _compare_configs().values() if cfg.SOLVER.OPTIMIZER == key),
+                CONFIG_BASE_LR)
 
 
 def _need(key):
@@ -101,13 +116,13 @@ def test_every_optimizer_in_the_registry_is_covered():
 
 @pytest.mark.parametrize("key", sorted(k for k, _ in OPTIMIZER_REGISTRY))
 def test_each_spec_builds_trains_and_reads_its_step_size(key):
-    """Spec-driven: every registered optimizer, at its preset BASE_LR, trains 3 steps in
+    """Spec-driven: every registered optimizer, at the BASE_LR it is raced at, trains 3 steps in
     SimpleTrainer given its spec; the spec's facts match what the trainer does."""
     spec = optimizer_spec(key)
     _need(key)
     cfg = get_cfg()
     cfg.SOLVER.OPTIMIZER = key
-    cfg.SOLVER.BASE_LR = spec.preset_base_lr(CONFIG_BASE_LR)
+    cfg.SOLVER.BASE_LR = _raced_lr(key)
     cfg.SOLVER.ZENITH.WINDOW = 2
     model = ToyDetector()
     opt = build_optimizer(cfg, model)
@@ -132,7 +147,7 @@ def test_each_spec_builds_trains_and_reads_its_step_size(key):
         assert lr is not None and lr > 0 and math.isfinite(lr), lr
     if spec.has_eval_weights:
         assert opt.param_groups[0]["train_mode"] is True
-        trainer.use_eval_weights()
+        trainer.evaluation_model()
         assert opt.param_groups[0]["train_mode"] is False
 
 
@@ -147,7 +162,7 @@ def test_a_plain_function_registers_as_a_spec_with_the_defaults(scratch_registry
     assert spec.name == "MY_SGD" and spec.builder is MY_SGD and spec.description == "Plain SGD, registered as the README shows."
     assert (spec.lr_schedule, spec.needs_loss_closure, spec.has_eval_weights, spec.has_lr) == (
         "WarmupMultiStepLR", False, False, True)
-    assert (spec.preset_lr, spec.package, spec.preset_base_lr(0.3)) == (None, None, 0.3)
+    assert spec.package is None
     cfg = get_cfg()
     cfg.SOLVER.OPTIMIZER = "MY_SGD"
     model = ToyDetector()
@@ -166,7 +181,7 @@ def test_a_spec_registers_with_its_facts(scratch_registry):
     def builder(cfg, params):
         return torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR)
 
-    OPTIMIZER_REGISTRY.register(OptimizerSpec("MY_CONST_SGD", builder, lr_schedule="WarmupConstantLR", preset_lr=0.5))
+    OPTIMIZER_REGISTRY.register(OptimizerSpec("MY_CONST_SGD", builder, "Constant SGD", lr_schedule="WarmupConstantLR"))
 
     @register_optimizer(package="surely-not-installed-zd", module="surely_not_installed_zd", extra="baselines")
     def MY_MISSING(cfg, params):
@@ -175,7 +190,8 @@ def test_a_spec_registers_with_its_facts(scratch_registry):
 
     cfg = get_cfg()
     cfg.SOLVER.OPTIMIZER = "my_const_sgd"
-    assert lr_schedule_name(cfg) == "WarmupConstantLR" and optimizer_spec(cfg).preset_base_lr(0.02) == 0.5
+    assert lr_schedule_name(cfg) == "WarmupConstantLR"
+    assert ("MY_CONST_SGD", "Constant SGD") in list_optimizers(with_description=True)
     assert isinstance(build_optimizer(cfg, torch.nn.Linear(2, 1)), torch.optim.SGD)
     cfg.SOLVER.OPTIMIZER = "MY_MISSING"
     with pytest.raises(UserError, match=r"SOLVER.OPTIMIZER MY_MISSING needs the package 'surely-not-installed-zd'.*"
@@ -189,7 +205,7 @@ def test_a_spec_registers_with_its_facts(scratch_registry):
 def test_baseline_trains_in_our_trainer(tiny_cfg, key):
     _need(key)
     spec = optimizer_spec(key)
-    cfg = _cfg(tiny_cfg, key, spec.preset_base_lr(CONFIG_BASE_LR))
+    cfg = _cfg(tiny_cfg, key, _raced_lr(key))
     trainer = _train(cfg)
     assert trainer.optimizer_spec is spec  # Trainer looks it up from SOLVER.OPTIMIZER
     assert trainer.iter == 4 and trainer.stop_reason is None
@@ -247,11 +263,11 @@ def test_schedulefree_evaluates_and_saves_the_averaged_weights_and_resumes(tiny_
 
     seen, trainers = [], []
 
-    def fake_evaluate(cfg, model):
+    def fake_test(cls, cfg, model):
         seen.append(trainers[-1].optimizer.param_groups[0]["train_mode"])
         return {"bbox": {"AP": 1.0}}
 
-    monkeypatch.setattr(defaults, "evaluate", fake_evaluate)
+    monkeypatch.setattr(defaults.Trainer, "test", classmethod(fake_test))
     cfg = _cfg(tiny_cfg, "SCHEDULEFREE_SGD", 0.2, **{"TEST.PRECISE_BN.NUM_ITER": 2})
     cfg.DATASETS.TEST = ("synthetic_shapes_val",)
     cfg.TEST.EVAL_PERIOD = 2
@@ -333,24 +349,13 @@ def test_dowg_missing_and_import_name_clash(monkeypatch):
         OPTIMIZER_REGISTRY.get("DOWG")(get_cfg(), params)
 
 
-def test_race_arms_use_the_specs_presets():
-    """configs/compare/<arm>.yaml repeats what a spec recommends (its BASE_LR and schedule):
-    the two must agree, so an arm runs the method as its authors set it."""
-    from zenith_det.config import load_config
-
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "compare")
-    base = load_config(os.path.join(folder, "Base-Race.yaml"))
+def test_race_arms_use_the_specs_schedules():
+    """configs/compare/<arm>.yaml runs each method with its spec's schedule (cosine variants aside)."""
     checked = 0
-    for name in sorted(os.listdir(folder)):
-        if not name.endswith(".yaml") or name.startswith("Base"):
-            continue
-        cfg = load_config(os.path.join(folder, name))
+    for name, cfg in _compare_configs().items():
         if cfg.SOLVER.OPTIMIZER not in BASELINES:
             continue
-        spec = optimizer_spec(cfg.SOLVER.OPTIMIZER)
-        if spec.has_lr:
-            assert cfg.SOLVER.BASE_LR == pytest.approx(spec.preset_base_lr(base.SOLVER.BASE_LR)), name
-        expected = "WarmupCosineLR" if name.endswith("_cosine.yaml") else spec.lr_schedule
+        expected = "WarmupCosineLR" if name.endswith("_cosine.yaml") else optimizer_spec(cfg.SOLVER.OPTIMIZER).lr_schedule
         assert cfg.SOLVER.LR_SCHEDULER_NAME == expected, name
         checked += 1
     assert checked >= 10
@@ -364,7 +369,7 @@ def test_dog_is_evaluated_at_its_iterate_average_and_resumes_it_exactly(tiny_cfg
     cfg = _cfg(tiny_cfg, "DOG", 1.0, **{"SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.WARMUP_ITERS": 1, "DETERMINISTIC": True,
                                         "TEST.PRECISE_BN.NUM_ITER": 2})
     full = _train(cfg)
-    averaged = full.model_to_evaluate()
+    averaged = full.evaluation_model()
     assert averaged is full.averager.averaged_model and averaged is not full.model
     assert full.averager.t == 5  # one averaging step per update (t starts at 1)
     diffs = [not torch.equal(a, b) for a, b in zip(averaged.parameters(), full.model.parameters())]
@@ -385,7 +390,7 @@ def test_dog_is_evaluated_at_its_iterate_average_and_resumes_it_exactly(tiny_cfg
     cfg3.SOLVER.MAX_ITER = 4
     resumed = _train(cfg3, resume=True)
     assert resumed.start_iter == 2
-    for a, b in zip(resumed.model_to_evaluate().state_dict().values(), averaged.state_dict().values()):
+    for a, b in zip(resumed.evaluation_model().state_dict().values(), averaged.state_dict().values()):
         assert torch.equal(a, b)
 
 
@@ -401,23 +406,25 @@ def test_schedulefree_bn_statistics_are_recomputed_at_the_averaged_weights(tiny_
     final = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)["model"]
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(final[name], value), name
-    recomputed, count = bn.running_mean.clone(), bn.num_batches_tracked.clone()
-    bn.running_mean.zero_()
-    rng = torch.get_rng_state()
-    model = trainer.model_to_evaluate()
-    assert model is trainer.model and torch.equal(bn.running_mean, recomputed)  # the same batches, the same result
-    assert torch.equal(bn.num_batches_tracked, count) and torch.equal(torch.get_rng_state(), rng)
-    assert trainer.optimizer.param_groups[0]["train_mode"] is False  # at x
-    trainer.optimizer.train()  # at y the statistics would differ
-    bn.running_mean.zero_()
     from zenith_det.engine.precise_bn import recompute_bn_stats
     from zenith_det.data import build_detection_train_loader
 
+    recomputed, count = bn.running_mean.clone(), bn.num_batches_tracked.clone()
+    model = trainer.evaluation_model()  # at the same iteration: the statistics already belong to x
+    assert model is trainer.model and torch.equal(bn.running_mean, recomputed)
+    assert trainer.optimizer.param_groups[0]["train_mode"] is False  # at x
+    bn.running_mean.zero_()
+    rng = torch.get_rng_state()
+    recompute_bn_stats(trainer.model, build_detection_train_loader(cfg, start_iter=0), 3)
+    assert torch.equal(bn.running_mean, recomputed)  # the same batches, the same result
+    assert torch.equal(bn.num_batches_tracked, count) and torch.equal(torch.get_rng_state(), rng)
+    trainer.optimizer.train()  # at y the statistics would differ
+    bn.running_mean.zero_()
     recompute_bn_stats(trainer.model, build_detection_train_loader(cfg), 3)
     assert not torch.equal(bn.running_mean, recomputed)
     # An optimizer that trains and evaluates the same weights keeps its running statistics ...
     sgd = _train(_cfg(tiny_cfg, "SGD", 0.02, **{"OUTPUT_DIR": cfg.OUTPUT_DIR + "_sgd"}))
     bn = next(m for m in sgd.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     kept = bn.running_mean.clone()
-    sgd.model_to_evaluate()
+    sgd.evaluation_model()
     assert torch.equal(bn.running_mean, kept)

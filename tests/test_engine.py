@@ -215,3 +215,37 @@ def test_nonfinite_losses_are_skipped_then_abort(tiny_cfg):
     # The run died: no "final" checkpoint claims to be good.
     assert not os.path.exists(os.path.join(cfg2.OUTPUT_DIR, "model_final.pth"))
     assert open(os.path.join(cfg2.OUTPUT_DIR, "last_checkpoint")).read() == "model_0000004.pth"
+
+
+def test_a_trainer_is_extended_through_its_build_classmethods(tiny_cfg):
+    """As detectron2's DefaultTrainer: what a subclass builds is what the run uses, evaluation included."""
+    calls = []
+
+    class MyTrainer(Trainer):
+        @classmethod
+        def build_optimizer(cls, cfg, model):
+            calls.append("optimizer")
+            return torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+
+        @classmethod
+        def build_train_loader(cls, cfg, start_iter=0):
+            calls.append(("train_loader", start_iter))
+            return super().build_train_loader(cfg, start_iter)
+
+        @classmethod
+        def build_evaluator(cls, cfg, dataset_name, label_to_category_id=None):
+            calls.append(("evaluator", dataset_name))
+            return super().build_evaluator(cfg, dataset_name, label_to_category_id)
+
+        def build_hooks(self):
+            return super().build_hooks() + [StopAt(3)]
+
+    cfg = tiny_cfg.clone()
+    cfg.DATASETS.TEST = ("synthetic_shapes_val",)
+    default_setup(cfg, resume=False)
+    trainer = MyTrainer(cfg)
+    assert type(trainer.optimizer) is torch.optim.SGD and trainer.optimizer.param_groups[0]["lr"] <= 0.001
+    trainer.train()
+    assert trainer.iter == 3  # the subclass's hook stopped it
+    assert calls[:2] == ["optimizer", ("train_loader", 0)]
+    assert ("evaluator", "synthetic_shapes_val") in calls  # the final evaluation built the subclass's evaluator

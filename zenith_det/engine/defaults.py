@@ -183,21 +183,8 @@ def test_category_maps(cfg: CfgNode) -> "OrderedDict[str, tuple]":
 
 
 def evaluate(cfg: CfgNode, model: torch.nn.Module) -> "OrderedDict[str, dict]":
-    """COCO metrics of `model` on each of DATASETS.TEST: {dataset: {"bbox": {...}, ...}}.
-
-    With one test dataset the dataset level is dropped ({"bbox": {...}, ...}).
-    Results files go to OUTPUT_DIR/inference[/<dataset>]. Every test dataset's
-    categories are matched to the model's (test_category_maps) before the first
-    inference, so a refused evaluation costs no time.
-    """
-    results = OrderedDict()
-    for name, (metadata, label_to_category_id) in test_category_maps(cfg).items():
-        out_dir = inference_dir(cfg, name)
-        evaluator = build_coco_evaluator(cfg, metadata, output_dir=out_dir, label_to_category_id=label_to_category_id)
-        results[name] = inference_on_dataset(model, build_detection_test_loader(cfg, name), evaluator)
-    if len(results) == 1:
-        return next(iter(results.values()))
-    return results
+    """COCO metrics of `model` on each of DATASETS.TEST, as `Trainer.test` computes them."""
+    return Trainer.test(cfg, model)
 
 
 def build_model_for_evaluation(cfg: CfgNode, resume: bool) -> torch.nn.Module:
@@ -209,7 +196,7 @@ def build_model_for_evaluation(cfg: CfgNode, resume: bool) -> torch.nn.Module:
             "--eval-only evaluates trained weights: add MODEL.WEIGHTS path/to/model.pth, "
             "or --resume to evaluate the newest checkpoint in OUTPUT_DIR"
         )
-    model = build_model(cfg, metadata_from_cfg(cfg)).to(resolve_device(cfg))
+    model = Trainer.build_model(cfg, metadata_from_cfg(cfg))
     if resume:
         checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=False)
         state = checkpointer.read_latest_good()
@@ -227,11 +214,17 @@ def build_model_for_evaluation(cfg: CfgNode, resume: bool) -> torch.nn.Module:
 
 
 class Trainer(SimpleTrainer):
-    """Builds model, optimizer, schedule, checkpointer and hooks from `cfg`.
+    """Builds model, optimizer, schedule, loaders, evaluators, checkpointer and hooks from `cfg`.
+
+    Extend it as detectron2's DefaultTrainer: override a `build_*` classmethod
+    (`build_model`, `build_optimizer`, `build_lr_scheduler`, `build_train_loader`,
+    `build_test_loader`, `build_evaluator`) or `build_hooks`, and the rest of the
+    run uses yours (docs/training.md has an example).
 
     It owns the run's state: `state_dict()` gathers model, optimizer, scaler,
-    iteration, budget clock, RNG, hook states and the config, and the checkpointer
-    saves what it hands over. `clock` (a time source) is injectable for tests.
+    iteration, budget clock, RNG, hook states, the config and the training data's
+    identity, and the checkpointer saves what it hands over. `clock` (a time
+    source) is injectable for tests.
     """
 
     def __init__(self, cfg: CfgNode, clock=time.perf_counter):
@@ -240,9 +233,9 @@ class Trainer(SimpleTrainer):
         self.metadata = metadata_from_cfg(cfg)
         # What the checkpoints record of the training data, so a resume can refuse a changed json.
         self.data_identity = training_data_identity(cfg)
-        model = build_model(cfg, self.metadata).to(device)
-        optimizer = build_optimizer(cfg, model)
-        self.scheduler = build_lr_scheduler(cfg, optimizer)
+        model = self.build_model(cfg, self.metadata)
+        optimizer = self.build_optimizer(cfg, model)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         if comm.get_world_size() > 1:
             ids = [device.index] if device.type == "cuda" else None
             # Buffers (BN statistics) stay per process, as in detectron2 (broadcast_buffers is
@@ -268,13 +261,45 @@ class Trainer(SimpleTrainer):
         self.clock = BudgetClock(cfg.SOLVER.MAX_TIME_HOURS * 3600, clock=clock)
         self.signals = preemption_signals()
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process())
+        self._bn_stats_at = None  # the iteration whose evaluation weights have their BatchNorm statistics
         self.register_hooks(self.build_hooks())
+
+    # ------------------------------------------------------------------ what users override
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode, metadata) -> torch.nn.Module:
+        """The model for a dataset's metadata (classes, keypoints), on MODEL.DEVICE, MODEL.WEIGHTS loaded."""
+        return build_model(cfg, metadata).to(resolve_device(cfg))
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer, last_iter: int = -1):
+        return build_lr_scheduler(cfg, optimizer, last_iter=last_iter)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode, start_iter: int = 0):
+        """Endless per-rank batches; started at `start_iter` it yields what a loader started at 0
+        yields from its start_iter-th batch on (a resume continues the same stream)."""
+        return build_detection_train_loader(cfg, start_iter=start_iter)
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        return build_detection_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, label_to_category_id=None):
+        """The COCO evaluator of one test dataset; results go to inference_dir(cfg, dataset_name).
+        `label_to_category_id`: the model's labels in this dataset's ids (test_category_maps)."""
+        return build_coco_evaluator(cfg, get_dataset_metadata(dataset_name, cfg), output_dir=inference_dir(cfg, dataset_name),
+                                    label_to_category_id=label_to_category_id)
 
     def build_hooks(self):
         cfg = self.cfg
         eval_hook = hooks.EvalHook(
-            cfg.TEST.EVAL_PERIOD, cfg.TEST.EVAL_PERIOD_MINUTES, lambda: evaluate(self.cfg, self.model_to_evaluate()),
-            self.signals,
+            cfg.TEST.EVAL_PERIOD, cfg.TEST.EVAL_PERIOD_MINUTES, lambda model: self.test(self.cfg, model), self.signals,
         ) if cfg.DATASETS.TEST else None
         writers = []
         if comm.is_main_process():
@@ -293,16 +318,36 @@ class Trainer(SimpleTrainer):
             hooks.PeriodicWriter(writers, cfg.LOG_PERIOD) if writers else None,
         ]
 
-    def model_to_evaluate(self) -> torch.nn.Module:
-        """The evaluation weights (averaged iterates, schedule-free's x) with BatchNorm
-        statistics recomputed for them where the method or TEST.PRECISE_BN asks."""
-        model = self.evaluation_model()
+    # ------------------------------------------------------------------ evaluation
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module) -> "OrderedDict[str, dict]":
+        """COCO metrics of `model` on each of DATASETS.TEST: {dataset: {"bbox": {...}, ...}}.
+
+        With one test dataset the dataset level is dropped ({"bbox": {...}, ...}).
+        Every test dataset's categories are matched to the model's (test_category_maps)
+        before the first inference, so a refused evaluation costs no time.
+        """
+        results = OrderedDict()
+        for name, (_, label_to_category_id) in test_category_maps(cfg).items():
+            evaluator = cls.build_evaluator(cfg, name, label_to_category_id)
+            results[name] = inference_on_dataset(model, cls.build_test_loader(cfg, name), evaluator)
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return results
+
+    def evaluation_model(self) -> torch.nn.Module:
+        """The weights we evaluate and checkpoint (SimpleTrainer.evaluation_model), with their
+        BatchNorm statistics recomputed where the method or TEST.PRECISE_BN asks: once per
+        iteration, so a final checkpoint and the final evaluation share one recomputation."""
+        model = super().evaluation_model()
         precise = self.cfg.TEST.PRECISE_BN
-        if precise.ENABLED or self.optimizer_spec.bn_stats_at_eval_weights:
+        if (precise.ENABLED or self.optimizer_spec.bn_stats_at_eval_weights) and self._bn_stats_at != self.completed_iters:
             # A loader of its own from iteration 0: the same batches every time, and the
             # training stream is not consumed.
-            batches = build_detection_train_loader(self.cfg, start_iter=0)
+            batches = self.build_train_loader(self.cfg, start_iter=0)
             used = recompute_bn_stats(model, batches, precise.NUM_ITER)
+            self._bn_stats_at = self.completed_iters
             logger.info("BatchNorm statistics recomputed at the evaluation weights over %d batches", used)
         return model
 
@@ -325,7 +370,7 @@ class Trainer(SimpleTrainer):
         self.clock.load_state_dict(state["budget"])
         set_rng_state(state["rng"])
         # The schedule is a pure function of the iteration and the (current) config.
-        self.scheduler = build_lr_scheduler(self.cfg, self.optimizer, last_iter=self.start_iter - 1)
+        self.scheduler = self.build_lr_scheduler(self.cfg, self.optimizer, last_iter=self.start_iter - 1)
 
     def resume_or_load(self, resume: bool = True) -> bool:
         """With `resume`, continue from the newest good checkpoint in OUTPUT_DIR; returns
@@ -360,7 +405,7 @@ class Trainer(SimpleTrainer):
 
     def train(self):
         if self.data_loader is None:
-            self.data_loader = build_detection_train_loader(self.cfg, start_iter=self.start_iter)
+            self.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
         if self.cfg.DATASETS.TEST:
             test_category_maps(self.cfg)  # test data the model cannot be scored on: refused now, not at the first evaluation
         # Only now, with the data and any resume checked: a refused run must not

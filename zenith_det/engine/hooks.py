@@ -24,15 +24,6 @@ from .train_loop import HookBase
 logger = logging.getLogger(__name__)
 
 
-def _use_eval_weights(trainer) -> None:
-    """Evaluate and save the weights meant for evaluation: schedule-free's averaged point, with
-    the BatchNorm statistics recomputed there where the trainer does that (Trainer.model_to_evaluate;
-    SimpleTrainer.use_eval_weights without it), so a checkpoint holds what was evaluated."""
-    prepare = getattr(trainer, "model_to_evaluate", None) or getattr(trainer, "use_eval_weights", None)
-    if prepare is not None:
-        prepare()
-
-
 class IterationTimer(HookBase):
     """Times each step into the trainer's clock (`clock.step_seconds`, a moving average).
 
@@ -159,7 +150,9 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
         clock = self.trainer.clock
         start = clock.now()
         name = "model_final" if final else f"model_{iteration:07d}"
-        _use_eval_weights(self.trainer)
+        # A checkpoint holds the weights we evaluate (schedule-free's averaged point, with its
+        # BatchNorm statistics where the trainer recomputes them).
+        self.trainer.evaluation_model()
         if self.checkpointer.save_checked(name, self.trainer.state_dict()):
             self.trainer.last_good_checkpoint = self.checkpointer.get_checkpoint_file()
             self.checkpointer.prune(self.max_to_keep or 0)
@@ -167,7 +160,8 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
 
 
 class EvalHook(HookBase):
-    """Runs `eval_function()` every `period` iterations and/or `period_minutes`, and at the end.
+    """Runs `eval_function(model)` every `period` iterations and/or `period_minutes`, and at the end,
+    on the trainer's `evaluation_model()`.
 
     `eval_function` returns a (nested) dict of metrics, e.g. {"bbox": {"AP": ...}},
     stored as "bbox/AP" etc. Results go to the event storage, so the writers put
@@ -187,12 +181,11 @@ class EvalHook(HookBase):
         self._last_time = self.trainer.clock.now()
 
     def _do_eval(self):
-        _use_eval_weights(self.trainer)
         clock = self.trainer.clock
         start = clock.now()
         try:
             with self.signals.interruptible():
-                results = self.eval_function()
+                results = self.eval_function(self.trainer.evaluation_model())
         except Preempted:
             logger.warning("Evaluation at iteration %d abandoned: the run was asked to stop", self.trainer.iter + 1)
             self.trainer.request_stop("preempted")

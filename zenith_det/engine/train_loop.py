@@ -161,7 +161,8 @@ class SimpleTrainer(TrainerBase):
         self.grad_norm_period = grad_norm_period
         # What the optimizer needs beyond step() is in its spec (zenith_det/solver/spec.py):
         # ALI-G wants the loss through a closure (needs_loss_closure); schedule-free keeps
-        # evaluation weights apart and switches with train()/eval() (has_eval_weights).
+        # evaluation weights apart and switches with train()/eval() (has_eval_weights,
+        # see evaluation_model).
         # `spec` is an OptimizerSpec or a SOLVER.OPTIMIZER key; without one, a plain
         # optimizer gets the defaults (step() only).
         spec = optimizer_spec(spec) if spec is not None else unregistered_spec(optimizer)
@@ -194,20 +195,16 @@ class SimpleTrainer(TrainerBase):
             self._data_iter = iter(self.data_loader)
         return self._data_iter
 
-    def use_eval_weights(self) -> None:
-        """Put the weights meant for evaluation and checkpoints into the model.
+    def evaluation_model(self) -> torch.nn.Module:
+        """The weights we evaluate and checkpoint (the one name for them).
 
-        For schedule-free optimizers that is their averaged point (`optimizer.eval()`);
-        the next training step switches back (`optimizer.train()`). A no-op otherwise.
-        The evaluation and checkpoint hooks call it.
+        The averaged model where the method averages its iterates (DoG); else the
+        trainer's model, switched to the optimizer's evaluation weights where it keeps
+        them apart (schedule-free's averaged point: `optimizer.eval()`; the next
+        training step switches back). The evaluation and checkpoint hooks call it.
         """
         if self._switches_weights:
             self.optimizer.eval()
-
-    def evaluation_model(self) -> torch.nn.Module:
-        """The model to evaluate: the averaged one where the method averages its iterates,
-        else the trainer's model holding its evaluation weights (`use_eval_weights`)."""
-        self.use_eval_weights()
         return self.averager.averaged_model if self.averager is not None else self.model
 
     def run_step(self):
