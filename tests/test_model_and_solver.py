@@ -119,7 +119,6 @@ def test_builtin_specs():
     for key in ("SGD", "ZENITH", "ADAMW", "ADAMW_ZENITH"):
         spec = optimizer_spec(key)
         assert not spec.needs_loss_closure and not spec.has_eval_weights and spec.has_lr and spec.package is None
-        assert spec.preset_lr is None and spec.preset_base_lr(0.02) == 0.02  # the config's BASE_LR is meant
     assert lr_schedule_name(small_cfg(**{"SOLVER.OPTIMIZER": "ZENITH", "SOLVER.LR_SCHEDULER_NAME": "WarmupCosineLR"})) == "WarmupCosineLR"
     cfg = small_cfg(**{"SOLVER.OPTIMIZER": "ZENITH", "SOLVER.BASE_LR": "0.1"})
     opt = build_optimizer(cfg, torch.nn.Linear(2, 2))
@@ -179,3 +178,13 @@ def test_config_inheritance_and_errors(tmp_path):
     hours.write_text("SOLVER:\n  MAX_TIME_HOURS: 2\n")
     assert load_config(str(hours)).SOLVER.MAX_TIME_HOURS == 2.0
     assert load_config("", ["SOLVER.BASE_LR", "1"]).SOLVER.BASE_LR == 1.0
+
+
+def test_train_net_lists_the_optimizers_with_their_descriptions(capsys):
+    from conftest import load_tool
+    from zenith_det.solver import list_optimizers
+
+    assert load_tool("train_net").cli(["--list-optimizers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list_optimizers()
+    assert any(line.startswith("ZENITH ") and "history" in line for line in lines)

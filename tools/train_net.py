@@ -101,6 +101,11 @@ def print_summary(cfg, results, trainer) -> None:
 
 def cli(argv=None) -> int:
     args = default_argument_parser(__doc__).parse_args(argv)
+    if args.list_optimizers:
+        from zenith_det.solver import list_optimizers
+
+        print("\n".join(f"{name:22s}{description}" for name, description in list_optimizers(with_description=True)))
+        return 0
     return run_guarded(_launch, args)
 
 

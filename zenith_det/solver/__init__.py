@@ -11,6 +11,7 @@ from .spec import (
     OPTIMIZER_REGISTRY,
     OptimizerSpec,
     largest_group,
+    list_optimizers,
     optimizer_spec,
     register_optimizer,
     unregistered_spec,

@@ -6,7 +6,7 @@ them all. A missing package stops the run with a `UserError` that names the key
 and the package (the spec's `package`).
 
 What SOLVER.BASE_LR means differs per method (each entry's docstring says it;
-the spec's `preset_lr` is what its authors recommend). For the "automatic" ones
+configs/compare/ holds the value each is raced at). For the "automatic" ones
 it is the method's own scale factor, 1.0 by the authors' recommendation; the
 schedule around it (SOLVER.LR_SCHEDULER_NAME) is a warmup followed by a constant
 by default (the spec's `lr_schedule`), and it multiplies whatever the method reads
@@ -59,7 +59,7 @@ def _dog_averager(model):
 
 # The averaged model's BatchNorm statistics are an average of statistics gathered at other
 # weights: they are recomputed at the averaged weights before evaluation, as for schedule-free.
-_DOG = dict(package="dog-optimizer", module="dog", preset_lr=1.0, iterate_averager=_dog_averager,
+_DOG = dict(package="dog-optimizer", module="dog", iterate_averager=_dog_averager,
             bn_stats_at_eval_weights=True, **_AUTOMATIC)
 
 
@@ -104,7 +104,7 @@ def _dowg_lr(optimizer):
 # ---------------------------------------------------------------- the entries
 
 
-@register_optimizer(preset_lr=1.0, read_effective_lr=_dadapt_sgd_lr, **_PYTORCH_OPTIMIZER)
+@register_optimizer(read_effective_lr=_dadapt_sgd_lr, **_PYTORCH_OPTIMIZER)
 def DADAPT_SGD(cfg, params):
     """D-Adaptation SGD (Defazio & Mishchenko 2023), `pytorch_optimizer.DAdaptSGD`.
 
@@ -116,7 +116,7 @@ def DADAPT_SGD(cfg, params):
     return po.DAdaptSGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
 
 
-@register_optimizer(preset_lr=1.0, read_effective_lr=_prodigy_lr, **_PYTORCH_OPTIMIZER)
+@register_optimizer(read_effective_lr=_prodigy_lr, **_PYTORCH_OPTIMIZER)
 def PRODIGY(cfg, params):
     """Prodigy (Mishchenko & Defazio 2024), `pytorch_optimizer.Prodigy`: Adam with a D-Adapted scale.
 
@@ -150,7 +150,7 @@ def _alig_class(po):
     return _ALIG_CLASS
 
 
-@register_optimizer(preset_lr=0.1, needs_loss_closure=True, read_effective_lr=_alig_lr, **_PYTORCH_OPTIMIZER)
+@register_optimizer(needs_loss_closure=True, read_effective_lr=_alig_lr, **_PYTORCH_OPTIMIZER)
 def ALIG(cfg, params):
     """ALI-G (Berrada et al. 2020), `pytorch_optimizer.AliG`: step = min(loss / ||g||^2, max_lr).
 
@@ -164,14 +164,14 @@ def ALIG(cfg, params):
 
 
 @register_optimizer(
-    preset_lr_factor=10.0, has_eval_weights=True, bn_stats_at_eval_weights=True, package="schedulefree",
+    has_eval_weights=True, bn_stats_at_eval_weights=True, package="schedulefree",
     module="schedulefree", **_AUTOMATIC
 )
 def SCHEDULEFREE_SGD(cfg, params):
     """Schedule-free SGD (Defazio et al. 2024), the reference `schedulefree.SGDScheduleFree`.
 
     BASE_LR is its lr, the step of the base sequence z: with momentum 0.9 its
-    authors suggest 10-50x a classical SGD lr (the preset: 10x the config's).
+    authors suggest 10-50x a classical SGD lr.
     Warmup comes from SOLVER.WARMUP_ITERS through the schedule (its averaging
     weights follow the scheduled lr, as with its own warmup_steps). The trainer
     calls train()/eval() around evaluation and checkpoints, and recomputes the BatchNorm
@@ -182,7 +182,7 @@ def SCHEDULEFREE_SGD(cfg, params):
     return sf.SGDScheduleFree(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
 
 
-@register_optimizer(preset_lr_factor=10.0, has_eval_weights=True, bn_stats_at_eval_weights=True, **_PYTORCH_OPTIMIZER)
+@register_optimizer(has_eval_weights=True, bn_stats_at_eval_weights=True, **_PYTORCH_OPTIMIZER)
 def SCHEDULEFREE_SGD_PO(cfg, params):
     """Schedule-free SGD from `pytorch_optimizer.ScheduleFreeSGD`; BASE_LR as in SCHEDULEFREE_SGD."""
     import pytorch_optimizer as po

@@ -10,6 +10,7 @@ detectron2-style groups)::
     def MY_SGD(cfg, params):
         return torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR)
 """
+import logging
 from typing import Callable, List, Optional
 
 import torch
@@ -28,6 +29,8 @@ from .spec import LR_SCHEDULES, OptimizerSpec, largest_group, optimizer_spec, re
 from .norm_history import NormHistory
 from .zenith import Zenith
 from .zenith_scheduler import ZenithScheduler
+
+logger = logging.getLogger(__name__)
 
 _NORM_TYPES = (
     torch.nn.modules.batchnorm._BatchNorm,
@@ -146,7 +149,10 @@ def param_group_settings(cfg) -> dict:
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """The optimizer SOLVER.OPTIMIZER names over the model's parameter groups.
     What it needs from the trainer is in its spec, `optimizer_spec(cfg)`."""
-    return optimizer_spec(cfg).build(cfg, get_default_optimizer_params(model, **param_group_settings(cfg)))
+    spec = optimizer_spec(cfg)
+    if not spec.has_lr:
+        logger.info("SOLVER.OPTIMIZER %s sets its own step size: SOLVER.BASE_LR and the LR schedule are not used", spec.name)
+    return spec.build(cfg, get_default_optimizer_params(model, **param_group_settings(cfg)))
 
 
 def lr_schedule_name(cfg) -> str:

@@ -3,13 +3,14 @@
 The registry (`OPTIMIZER_REGISTRY`) holds specs. The trainer reads a spec to know
 whether `step()` needs the loss (`needs_loss_closure`) and whether the optimizer
 keeps separate evaluation weights (`has_eval_weights`); `build_lr_scheduler` reads
-its default schedule; tools/compare.py its preset learning rate and how to read the
-step size it actually takes. No code asks the optimizer object (its class name or
+its default schedule and whether it has a learning rate at all; the logger and
+tools/compare.py how to read the step size it actually takes; `list_optimizers()`
+the keys with their descriptions. No code asks the optimizer object (its class name or
 attributes) for any of this.
 
 Two ways to register::
 
-    @register_optimizer(lr_schedule="WarmupConstantLR", preset_lr=1.0, package="my-opt", module="my_opt")
+    @register_optimizer(lr_schedule="WarmupConstantLR", package="my-opt", module="my_opt")
     def MY_OPT(cfg, params):
         \"\"\"My optimizer (first docstring line: the description).\"\"\"
         import my_opt
@@ -38,6 +39,7 @@ __all__ = [
     "OptimizerRegistry",
     "OptimizerSpec",
     "largest_group",
+    "list_optimizers",
     "optimizer_spec",
     "register_optimizer",
     "scheduled_lr",
@@ -96,11 +98,7 @@ class OptimizerSpec:
         not belong to the evaluation weights (schedule-free's averaged point): the trainer
         recomputes them there before each evaluation (TEST.PRECISE_BN.NUM_ITER batches).
     has_lr: False where the method has no learning rate: SOLVER.BASE_LR and the
-        schedule are ignored (DoWG, COCOB).
-    preset_lr: the SOLVER.BASE_LR its authors recommend (1.0 for the automatic
-        methods' own scale); None: the config's BASE_LR is meant, times preset_lr_factor.
-    preset_lr_factor: with preset_lr None, the multiple of the config's BASE_LR
-        (schedule-free: 10x a classical SGD lr).
+        schedule are ignored (DoWG, COCOB), and build_optimizer says so.
     package: the pip distribution it needs, or None; module: the module to import to
         check it (None with a package: the distribution is looked up instead);
         extra: the zenith_det extra that installs it, for the error message.
@@ -116,8 +114,6 @@ class OptimizerSpec:
     iterate_averager: Optional[Callable[[torch.nn.Module], object]] = None
     bn_stats_at_eval_weights: bool = False
     has_lr: bool = True
-    preset_lr: Optional[float] = None
-    preset_lr_factor: float = 1.0
     package: Optional[str] = None
     module: Optional[str] = None
     extra: Optional[str] = None
@@ -171,10 +167,6 @@ class OptimizerSpec:
         except (KeyError, IndexError, AttributeError, TypeError, ValueError, ZeroDivisionError):
             return None
 
-    def preset_base_lr(self, config_base_lr: float) -> float:
-        """The SOLVER.BASE_LR a comparison runs this optimizer at, given the config's."""
-        return self.preset_lr if self.preset_lr is not None else self.preset_lr_factor * config_base_lr
-
 
 def unregistered_spec(optimizer: Optional[torch.optim.Optimizer] = None) -> OptimizerSpec:
     """The default spec, for an optimizer handed over without one: plain ``step()``, no eval weights."""
@@ -221,6 +213,12 @@ def register_optimizer(**fields) -> Callable[[Builder], Builder]:
     return deco
 
 
+def list_optimizers(with_description: bool = False) -> list:
+    """The SOLVER.OPTIMIZER keys, sorted; with_description: (key, description) pairs (as timm's list_optimizers)."""
+    specs = sorted(OPTIMIZER_REGISTRY, key=lambda item: item[0])
+    return [(name, spec.description) for name, spec in specs] if with_description else [name for name, _ in specs]
+
+
 def optimizer_spec(name_or_cfg: Union[str, OptimizerSpec, Any]) -> OptimizerSpec:
     """The spec of a SOLVER.OPTIMIZER key (any case) or of a config's SOLVER.OPTIMIZER,
     or a UserError listing the choices."""
@@ -231,6 +229,6 @@ def optimizer_spec(name_or_cfg: Union[str, OptimizerSpec, Any]) -> OptimizerSpec
     if name not in OPTIMIZER_REGISTRY:
         name = name.upper()
     if name not in OPTIMIZER_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in OPTIMIZER_REGISTRY))
+        known = ", ".join(list_optimizers())
         raise UserError(f"SOLVER.OPTIMIZER: unknown optimizer {given!r}; choose one of {known}")
     return OPTIMIZER_REGISTRY.get(name)
