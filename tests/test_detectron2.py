@@ -29,7 +29,7 @@ from zenith_det.solver import Zenith  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "detectron2")
-SYNTHETIC = os.path.join(CONFIGS, "synthetic_mask_rcnn_zenith.yaml")
+SYNTHETIC = os.path.join(CONFIGS, "synthetic", "mask_rcnn_R_18_FPN_zenith_500iter.yaml")
 
 
 # ---------------------------------------------------------------- helpers
@@ -355,13 +355,16 @@ def test_register_datasets_for_detectron2(datasets_root, tmp_path):
         zd2.register_datasets(d2_cfg("DATASETS.REGISTER", "[['only_a_name']]"))
 
 
-@pytest.mark.parametrize("name", sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, "*.yaml"))))
+YAML_CONFIGS = sorted(os.path.relpath(p, CONFIGS) for p in glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True))
+
+
+@pytest.mark.parametrize("name", YAML_CONFIGS)
 def test_shipped_yaml_configs_load_with_zenith_and_a_constant_schedule(name):
     cfg = get_cfg()
     zd2.add_zenith_config(cfg)
     cfg.merge_from_file(os.path.join(CONFIGS, name))
     assert cfg.SOLVER.OPTIMIZER == "ZENITH"
-    if name != "Base-RCNN-FPN.yaml":
+    if not os.path.basename(name).startswith("Base-"):
         assert cfg.TEST.EVAL_PERIOD > 0
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
     sched = build_lr_scheduler(cfg, opt)
@@ -375,7 +378,7 @@ def test_shipped_yaml_configs_load_with_zenith_and_a_constant_schedule(name):
 
 
 def test_lazy_config_example_builds_zenith_over_detectron2_groups():
-    cfg = LazyConfig.load(os.path.join(CONFIGS, "mask_rcnn_zenith_lazy.py"))
+    cfg = LazyConfig.load(os.path.join(CONFIGS, "mask_rcnn_R_50_FPN_zenith_24h.py"))
     model = Toy()
     cfg.optimizer.params.model = model
     opt = instantiate(cfg.optimizer)

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """detectron2's train_net with ZENITH: SOLVER.OPTIMIZER, ZENITH's metrics, a wall-clock budget.
 
-    python tools/train_d2.py --config-file configs/detectron2/synthetic_mask_rcnn_zenith.yaml
-    python tools/train_d2.py --config-file configs/detectron2/mask_rcnn_R_50_FPN_zenith.yaml --num-gpus 8
+    python tools/train_d2.py --config-file configs/detectron2/synthetic/mask_rcnn_R_18_FPN_zenith_500iter.yaml
+    python tools/train_d2.py --config-file configs/detectron2/mask_rcnn_R_50_FPN_zenith_24h.yaml --num-gpus 8
     python tools/train_d2.py --config-file ... --resume            # after a stop or a crash
     python tools/train_d2.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
-    python tools/train_d2.py --config-file configs/detectron2/mask_rcnn_zenith_lazy.py   # LazyConfig
+    python tools/train_d2.py --config-file configs/detectron2/mask_rcnn_R_50_FPN_zenith_24h.py   # LazyConfig
 
 Arguments are detectron2's (default_argument_parser: --num-gpus, --num-machines,
 --dist-url, ... and KEY VALUE overrides). A .yaml config is a detectron2 yacs config
@@ -157,7 +157,7 @@ def cli(argv=None) -> int:
 
     args = default_argument_parser(epilog=__doc__).parse_args(argv)
     if not args.config_file:
-        print("error: --config-file is required, e.g. configs/detectron2/synthetic_mask_rcnn_zenith.yaml",
+        print("error: --config-file is required, e.g. configs/detectron2/synthetic/mask_rcnn_R_18_FPN_zenith_500iter.yaml",
               file=sys.stderr)
         return 2
     if not os.path.isfile(args.config_file):

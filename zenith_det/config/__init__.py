@@ -19,15 +19,18 @@ def load_config(config_file: str = "", opts=()) -> CfgNode:
     """Defaults, then `config_file` (and its `_BASE_` chain), then `KEY VALUE` overrides.
 
     Raises UserError naming the file or key on a missing file, a bad YAML, an
-    unknown key or a value of the wrong type.
+    unknown key or a value of the wrong type. A symlinked config (configs/mask_rcnn_zenith.yaml)
+    finds its `_BASE_` beside the file it links to, where that `_BASE_` was written.
     """
     cfg = get_cfg()
     if config_file:
         if not os.path.isfile(config_file):
             raise UserError(f"config file not found: {config_file} (pass an existing YAML to --config)")
-        _check_yaml_chain(config_file)
+        # A relative _BASE_ is read beside the file that names it, as fvcore does.
+        source = os.path.realpath(config_file) if os.path.islink(config_file) else config_file
+        _check_yaml_chain(source)
         try:
-            loaded = CfgNode.load_yaml_with_base(config_file)
+            loaded = CfgNode.load_yaml_with_base(source)
             cfg.merge_from_other_cfg(CfgNode(_ints_as_floats(cfg, loaded)))
         except (KeyError, ValueError, AssertionError, TypeError, yaml.YAMLError) as e:
             raise UserError(f"{config_file}: {_describe(e)}") from e
@@ -87,7 +90,7 @@ _POSITIVE = (
 _NON_NEGATIVE = (
     "SOLVER.BASE_LR", "SOLVER.MOMENTUM", "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_NORM", "SOLVER.MAX_TIME_HOURS",
     "SOLVER.WARMUP_ITERS", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.MAX_TO_KEEP", "DATALOADER.NUM_WORKERS",
-    "TEST.EVAL_PERIOD", "TEST.EVAL_PERIOD_MINUTES",
+    "TEST.EVAL_PERIOD", "TEST.EVAL_PERIOD_MINUTES", "TEST.VIS_IMAGES",
 )
 
 

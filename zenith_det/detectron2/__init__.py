@@ -10,7 +10,7 @@ yacs configs, the ``DefaultTrainer`` way::
 
     cfg = get_cfg()
     zd2.add_zenith_config(cfg)          # SOLVER.OPTIMIZER, SOLVER.ZENITH.*, ...
-    cfg.merge_from_file("configs/detectron2/mask_rcnn_R_50_FPN_zenith.yaml")
+    cfg.merge_from_file("configs/detectron2/mask_rcnn_R_50_FPN_zenith_24h.yaml")
     zd2.register()                      # detectron2's build_optimizer now reads SOLVER.OPTIMIZER
     zd2.register_datasets(cfg)          # synthetic_* and DATASETS.REGISTER, for detectron2
     trainer = zd2.ZenithTrainer(cfg)    # or your own DefaultTrainer subclass, after register()
@@ -20,7 +20,7 @@ explicit switch (idempotent, undone by ``unregister()``). ``ZenithTrainer`` need
 no ``register()``: it builds its optimizer with ``build_optimizer`` directly.
 
 LazyConfig: use ``Zenith`` as the optimizer class, see
-configs/detectron2/mask_rcnn_zenith_lazy.py.
+configs/detectron2/mask_rcnn_R_50_FPN_zenith_24h.py.
 """
 try:
     import detectron2  # noqa: F401

@@ -5,7 +5,7 @@ its SGD replaced by ZENITH and its step schedule by warmup + constant (ZENITH is
 its own schedule). Run it with tools/train_d2.py (it adds ZENITH's metrics and the
 wall-clock budget) or detectron2's tools/lazyconfig_train_net.py:
 
-    python tools/train_d2.py --config-file configs/detectron2/mask_rcnn_zenith_lazy.py --num-gpus 8
+    python tools/train_d2.py --config-file configs/detectron2/mask_rcnn_R_50_FPN_zenith_24h.py --num-gpus 8
 """
 from fvcore.common.param_scheduler import LinearParamScheduler
 

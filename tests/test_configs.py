@@ -1,0 +1,116 @@
+"""The configs' layout, as detectron2 lays its out: a folder per family (configs/COCO-InstanceSegmentation,
+configs/COCO-Keypoints, configs/synthetic, configs/compare, configs/detectron2, configs/detectron2/synthetic),
+one self-contained Base-*.yaml per family, and short leaves whose `_BASE_` is that Base. So a leaf reads as
+"the family's recipe, plus these few values", and changing a Base changes exactly its own folder.
+
+configs/compare/suites/ holds suite files (lists of arms), not configs. A symlink is an alias of a leaf
+(configs/mask_rcnn_zenith.yaml, the documented entry point), not a config of its own.
+"""
+import os
+
+import pytest
+import yaml
+
+from conftest import REPO
+from zenith_det.config import load_config
+
+CONFIGS = os.path.join(REPO, "configs")
+SUITES = os.path.join(CONFIGS, "compare", "suites")
+DETECTRON2 = os.path.join(CONFIGS, "detectron2")
+ENTRY_POINT = os.path.join(CONFIGS, "mask_rcnn_zenith.yaml")
+
+# A leaf sets what makes it this run on top of its Base: optimizer, schedule, data, device, output.
+# Twenty values hold every leaf here (the longest, the bf16 GPU check of the COCO recipe on the
+# synthetic shapes, sets 18); a file that needs more restates a recipe, which belongs in a Base.
+MAX_LEAF_VALUES = 20
+
+
+def _yaml_files():
+    out = []
+    for folder, dirs, files in os.walk(CONFIGS):
+        dirs[:] = sorted(d for d in dirs if os.path.join(folder, d) != SUITES)
+        out += [os.path.join(folder, f) for f in sorted(files) if f.endswith(".yaml")]
+    return out
+
+
+ALL = _yaml_files()
+FILES = [p for p in ALL if not os.path.islink(p)]
+ALIASES = [p for p in ALL if os.path.islink(p)]
+LEAVES = [p for p in FILES if not os.path.basename(p).startswith("Base-")]
+BASES = [p for p in FILES if os.path.basename(p).startswith("Base-")]
+FAMILIES = sorted({os.path.dirname(p) for p in FILES})
+
+
+def _rel(path):
+    return os.path.relpath(path, CONFIGS)
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _values(node):
+    """How many values a YAML mapping sets (a list or tuple counts as one value)."""
+    return sum(_values(v) if isinstance(v, dict) else 1 for v in node.values())
+
+
+def test_the_configs_are_found():
+    assert len(LEAVES) >= 20 and len(FAMILIES) >= 5 and ENTRY_POINT in ALIASES
+
+
+@pytest.mark.parametrize("path", [p for p in ALL if not p.startswith(DETECTRON2 + os.sep)], ids=_rel)
+def test_every_config_loads(path):
+    load_config(path)
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=_rel)
+def test_a_leaf_bases_on_its_folders_base(path):
+    base = _read(path).get("_BASE_")
+    assert isinstance(base, str), f"{_rel(path)}: a leaf names its family's Base-*.yaml as _BASE_"
+    assert os.path.basename(base) == base and base.startswith("Base-"), \
+        f"{_rel(path)}: _BASE_ {base!r} is not a Base-*.yaml in the same folder (no leaf as a base, no base elsewhere)"
+    assert os.path.isfile(os.path.join(os.path.dirname(path), base)), f"{_rel(path)}: _BASE_ {base} does not exist"
+
+
+@pytest.mark.parametrize("path", BASES, ids=_rel)
+def test_a_base_is_self_contained(path):
+    assert "_BASE_" not in _read(path), f"{_rel(path)}: a Base inlines what it needs instead of basing on another file"
+
+
+@pytest.mark.parametrize("folder", FAMILIES, ids=_rel)
+def test_each_family_has_exactly_one_base(folder):
+    bases = [p for p in BASES if os.path.dirname(p) == folder]
+    assert len(bases) == 1, f"{_rel(folder)}: {len(bases)} Base-*.yaml files; a family has exactly one"
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=_rel)
+def test_leaves_are_short(path):
+    loaded = _read(path)
+    loaded.pop("_BASE_", None)
+    n = _values(loaded)
+    assert n <= MAX_LEAF_VALUES, f"{_rel(path)} sets {n} values; move what its family shares into the Base"
+
+
+@pytest.mark.parametrize("path", ALIASES, ids=_rel)
+def test_an_alias_points_at_a_leaf_and_means_the_same(path):
+    real = os.path.realpath(path)
+    assert real in [os.path.realpath(p) for p in LEAVES], f"{_rel(path)} -> {real}: not a leaf under configs/"
+    assert load_config(path).dump() == load_config(real).dump()
+
+
+def test_the_documented_entry_point_is_the_coco_zenith_leaf():
+    target = os.path.join(CONFIGS, "COCO-InstanceSegmentation", "mask_rcnn_R_50_FPN_zenith_24h.yaml")
+    assert os.path.realpath(ENTRY_POINT) == os.path.realpath(target)
+    cfg = load_config(ENTRY_POINT)
+    assert cfg.SOLVER.OPTIMIZER == "ZENITH" and cfg.MODEL.META_ARCHITECTURE == "MaskRCNN"
+
+
+def test_a_symlinked_config_finds_its_base_beside_the_real_file(tmp_path):
+    real, elsewhere = tmp_path / "family", tmp_path / "elsewhere"
+    real.mkdir(), elsewhere.mkdir()
+    (real / "Base-X.yaml").write_text("SOLVER:\n  MAX_ITER: 7\n")
+    (real / "leaf.yaml").write_text("_BASE_: Base-X.yaml\nSOLVER:\n  BASE_LR: 0.5\n")
+    (elsewhere / "alias.yaml").symlink_to(real / "leaf.yaml")
+    cfg = load_config(str(elsewhere / "alias.yaml"))
+    assert cfg.SOLVER.MAX_ITER == 7 and cfg.SOLVER.BASE_LR == 0.5
