@@ -36,6 +36,6 @@ setup(
         "fast_eval": ["faster-coco-eval>=1.6"],
         "plots": ["matplotlib>=3.7"],
         # detectron2 is not on the package registry: install it from source yourself
-        # (see README, "detectron2 integration"); zenith_det.detectron2 then works.
+        # (docs/detectron2.md, "Installing detectron2"); zenith_det.detectron2 then works.
     },
 )

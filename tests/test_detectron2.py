@@ -1,6 +1,6 @@
 """The detectron2 integration, checked against a real detectron2 (installed from its source).
 
-Skipped as a whole where detectron2 is absent (it is not on PyPI; see README.md, 'Installing detectron2').
+Skipped as a whole where detectron2 is absent (it is not on PyPI; see docs/detectron2.md, 'Installing detectron2').
 """
 import pytest
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Race optimizer configs with paired seeds; measure their step costs and flatness; report.
 
-    # the CPU race behind docs/RESULTS.md (~60 min on 2 cores)
+    # the CPU race behind docs/RESULTS.md
     python tools/compare.py --suite configs/compare/suites/cpu.yaml --out output/race --jobs 2 \\
         --report docs/RESULTS.md
 
@@ -12,7 +12,7 @@ A suite file lists the arms (configs/compare/*.yaml, each a config with _BASE_),
 the seeds every arm runs with, and the mode: equal iterations, or equal
 wall-clock. Each run trains in its own process into OUT/<arm>/seed<k>/; a finished
 run is not rerun, a stopped one is resumed (zenith_det/analysis/race.py). Then, in
-order: each arm's cost per iteration in interleaved blocks (overhead.json), the
+order: each arm's cost per iteration in interleaved blocks (costs.json), the
 top Hessian eigenvalue of the final checkpoints of the suite's `sharpness` arms,
 and the report with its verdict per claim (zenith_det/analysis/report.py).
 Trailing KEY VALUE pairs apply to every run.

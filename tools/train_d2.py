@@ -14,7 +14,7 @@ DATASETS.REGISTER) and trains with ZenithTrainer; a .py config is a LazyConfig.
 The synthetic datasets and DATASETS.REGISTER entries are registered in detectron2's
 catalogs; evaluation is detectron2's COCOEvaluator.
 
-detectron2 is not on PyPI; see README.md, 'Installing detectron2'. Exit codes: 0 done, 2 bad input
+detectron2 is not on PyPI; see docs/detectron2.md, 'Installing detectron2'. Exit codes: 0 done, 2 bad input
 (one line says what to fix, detectron2 missing included).
 """
 import logging
@@ -22,8 +22,7 @@ import os
 import sys
 
 INSTALL_HINT = ("tools/train_d2.py needs detectron2, which is not installed (it is not on PyPI): "
-                "python -m pip install 'git+https://github.com/facebookresearch/detectron2.git' "
-                "(see README.md, 'Installing detectron2')")
+                "build it from source as docs/detectron2.md, 'Installing detectron2', says")
 
 logger = logging.getLogger("detectron2")
 
