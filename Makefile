@@ -11,6 +11,6 @@ test:
 	python -m pytest -q
 
 bench:
-	python tools/benchmark_optimizer.py
-	python tools/benchmark_engine.py
-	python tools/benchmark_eval.py
+	python benchmarks/benchmark_optimizer.py
+	python benchmarks/benchmark_engine.py
+	python benchmarks/benchmark_eval.py

@@ -10,14 +10,13 @@ Loops run in alternating blocks (A B C A B C ...), so drift in machine load hits
 all of them alike, and the medians of the block times are compared. Checkpoints
 and evaluation are off, since the bare loop has none.
 
-    python tools/benchmark_engine.py                                   # CPU, synthetic Mask R-CNN
-    python tools/benchmark_engine.py --optimizers ZENITH SGD SOLVER.AMP.ENABLED True \\
+    python benchmarks/benchmark_engine.py                              # CPU, synthetic Mask R-CNN
+    python benchmarks/benchmark_engine.py --optimizers ZENITH SGD SOLVER.AMP.ENABLED True \\
         SOLVER.AMP.DTYPE bfloat16 MODEL.BACKBONE.NAME resnet50_fpn      # e.g. on a GPU
 """
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
 
@@ -25,6 +24,8 @@ from zenith_det.config import load_config
 from zenith_det.data import build_detection_train_loader
 from zenith_det.engine import Trainer, default_setup
 from zenith_det.engine.events import EventStorage
+
+from common import wall_seconds
 
 
 class BareLoop:
@@ -102,13 +103,7 @@ def main():
     device = next(iter(loops.values())).trainer.device if loops else torch.device("cpu")
 
     def timed(loop):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        loop.run(args.iters)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return wall_seconds(lambda: loop.run(args.iters), device)
 
     for loop in loops.values():  # warm-up block
         timed(loop)

@@ -19,7 +19,8 @@ sent: timed is the pickling torch.distributed.gather_object does on every rank
 and the unpickling on rank 0, then the merge), writing the results json and the
 input checks; beside COCOeval itself (bbox and segm, TEST.EVALUATOR_BACKEND's
 default backend) on the same results in the same run. "before" is the previous
-path (a frozen copy here): the model pastes every mask into a full float image
+path (frozen in tests/reference_conversion.py, the reference the tests hold ours
+to): the model pastes every mask into a full float image
 with torchvision's paste_masks_in_image, encode_masks thresholds and encodes the
 full images, json.dump writes; "after" is ours: the model hands over the
 unpasted masks and the evaluator pastes, thresholds and encodes the box crops
@@ -27,13 +28,14 @@ only (zenith_det/evaluation/masks.py). "before" runs on --reference-images of
 the images and is scaled linearly; its results are checked to be identical.
 Only the CPU is used; nothing runs a model.
 
-    python tools/benchmark_eval.py                      # 2000 images, about 1-2 minutes on a small CPU
-    python tools/benchmark_eval.py --num-images 500 --eval-period-minutes 60
-    python tools/benchmark_eval.py --postprocess        # 5000 images
-    python tools/benchmark_eval.py --postprocess --num-images 200 --keypoints
+    python benchmarks/benchmark_eval.py                      # 2000 images, about 1-2 minutes on a small CPU
+    python benchmarks/benchmark_eval.py --num-images 500 --eval-period-minutes 60
+    python benchmarks/benchmark_eval.py --postprocess        # 5000 images
+    python benchmarks/benchmark_eval.py --postprocess --num-images 200 --keypoints
 """
 import argparse
 import contextlib
+import importlib.util
 import io
 import math
 import os
@@ -47,7 +49,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from zenith_det.config import get_cfg
 from zenith_det.evaluation.coco_evaluation import merge_predictions, write_results_json
@@ -321,57 +322,14 @@ def simulate_outputs(args, gt, results):
         yield image_id, sizes[image_id], output
 
 
-# The path before tools/benchmark_eval.py --postprocess, frozen: the model pasted every
-# mask into a full float image (torchvision's transform.postprocess), then
-# zenith_det.evaluation.conversion encoded the full images and built the dicts.
-
-def reference_paste(output, image_size):
-    return paste_masks_in_image(output["mask_probs"], output["boxes"], image_size)
-
-
-def reference_threshold(masks):
-    return masks[:, 0] >= 0.5
-
-
-def reference_rle(masks):
-    arr = masks.to(torch.uint8).transpose(1, 2).contiguous().cpu().numpy().transpose(2, 1, 0)
-    rles = mask_util.encode(arr)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
-
-
-def reference_dicts(output, image_id, contiguous_id_to_category_id, rles):
-    boxes = output["boxes"]
-    if int(boxes.shape[0]) == 0:
-        return []
-    boxes = boxes.detach().to("cpu", torch.float32).clone()
-    boxes[:, 2:] -= boxes[:, :2]
-    scores = output["scores"].detach().cpu().tolist()
-    labels = output["labels"].detach().cpu().tolist()
-    category_ids = [int(contiguous_id_to_category_id[int(label)]) for label in labels]
-    results = [
-        {"image_id": int(image_id), "category_id": cat, "bbox": box, "score": float(score)}
-        for cat, box, score in zip(category_ids, boxes.tolist(), scores)
-    ]
-    if rles is not None:
-        for res, rle in zip(results, rles):
-            res["segmentation"] = rle
-    if "keypoints" in output:
-        kpts = output["keypoints"].detach().to("cpu", torch.float32).clone()
-        if "keypoints_scores" in output:
-            kpts[..., 2] = output["keypoints_scores"].detach().to("cpu", torch.float32)
-        for res, kp in zip(results, kpts.flatten(1).tolist()):
-            res["keypoints"] = kp
-    return results
-
-
-def reference_instances_to_coco_json(output, image_id, contiguous_id_to_category_id, image_size):
-    """The previous path's COCO results for an output with unpasted masks (the model pasting them)."""
-    if int(output["boxes"].shape[0]) == 0:
-        return []
-    rles = reference_rle(reference_threshold(reference_paste(output, image_size))) if "mask_probs" in output else None
-    return reference_dicts(output, image_id, contiguous_id_to_category_id, rles)
+def _previous_path():
+    """The previous path, frozen in tests/reference_conversion.py: the reference the test of
+    ours (tests/test_mask_crops.py) holds it to. Loaded from that file for the "before" column."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests", "reference_conversion.py")
+    spec = importlib.util.spec_from_file_location("reference_conversion", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _timed(times, stage, fn, *a):
@@ -383,6 +341,7 @@ def _timed(times, stage, fn, *a):
 
 def _process(outputs, mapping, after: bool, times):
     """Every image's stages, summed into times; returns the per-image predictions the evaluator keeps."""
+    previous = None if after else _previous_path()
     predictions, seen = [], set()
     for image_id, size, output in outputs:
         if after:
@@ -391,12 +350,12 @@ def _process(outputs, mapping, after: bool, times):
             rles = _timed(times, "rle", encode_mask_crops, bits, regions, size)
             instances = _timed(times, "dicts", coco_result_dicts, output, image_id, mapping, rles)
         else:
-            masks = _timed(times, "paste", reference_paste, output, size)
-            keep = _timed(times, "threshold", reference_threshold, masks)
+            masks = _timed(times, "paste", previous.paste, output, size)
+            keep = _timed(times, "threshold", previous.threshold, masks)
             del masks
-            rles = _timed(times, "rle", reference_rle, keep)
+            rles = _timed(times, "rle", previous.encode, keep)
             del keep
-            instances = _timed(times, "dicts", reference_dicts, output, image_id, mapping, rles)
+            instances = _timed(times, "dicts", previous.dicts, output, image_id, mapping, rles)
         seen |= infer_tasks(output)
         predictions.append({"image_id": image_id, "instances": instances})
     return predictions, seen

@@ -29,27 +29,22 @@ ratio over --blocks blocks of rounds. On CUDA each way is timed from issue to
 completion (synchronized before and after), since issuing is what a norm over
 many tensors costs there; the hooks way runs on the CPU only.
 
-    python tools/benchmark_grad_norm.py
-    python tools/benchmark_grad_norm.py --device cuda --no-compile
+    python benchmarks/benchmark_grad_norm.py
+    python benchmarks/benchmark_grad_norm.py --device cuda --no-compile
 """
 import argparse
 import statistics
 import time
 
 import torch
-import torchvision
 
-from zenith_det.analysis.overhead import ratio_with_block_spread
 from zenith_det.solver import global_grad_norm
 from zenith_det.utils import torch_internals
 
+from common import mask_rcnn_r50_fpn, ratio_with_block_spread, wall_seconds
+
 BUCKET_BYTES = 25 * 1024 * 1024  # DDP's default bucket_cap_mb
 RUN_PIECE = 1 << 18
-
-
-def detection_model(image_size=None):
-    kwargs = dict(min_size=image_size, max_size=image_size) if image_size else {}
-    return torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **kwargs)
 
 
 def bucket_views(shapes, gen, device="cpu"):
@@ -93,7 +88,7 @@ def compiled_norm():
 
 def hooks_seconds(image_size, reps):
     """Median over `reps` backward passes of the summed time of per-parameter norm hooks."""
-    model = detection_model(image_size)
+    model = mask_rcnn_r50_fpn(image_size)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     squares = torch.zeros(len(params))
@@ -127,17 +122,6 @@ def hooks_seconds(image_size, reps):
     return statistics.median(times[1:])
 
 
-def seconds(fn, device):
-    """Wall time of fn() from issue to completion."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -152,7 +136,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    shapes = [p.shape for p in detection_model().parameters() if p.requires_grad]
+    shapes = [p.shape for p in mask_rcnn_r50_fpn().parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(device)) for s in shapes]
     for p in params:
@@ -179,7 +163,7 @@ def main(argv=None):
     times = {name: [] for name in ways}
     for _ in range(args.rounds):
         for name, way in ways.items():
-            times[name].append(seconds(way, device))
+            times[name].append(wall_seconds(way, device))
 
     step = statistics.median(times["SGD(fused) step"])
     print(f"device={device} threads={args.threads} params={sum(s.numel() for s in shapes) / 1e6:.2f}M rounds={args.rounds}")

@@ -32,9 +32,9 @@ Workers per GPU: detectron2's published R50-FPN 1x speeds on 8 V100s (16 images 
 mask_rcnn 0.261 s/iter = 7.7 images/s per GPU, keypoint_rcnn 0.315 s/iter = 6.3 images/s per GPU, divided
 by one worker's images/s (one core per worker; real COCO images, other CPUs and libjpeg builds differ).
 
-    python tools/benchmark_loader.py                        # 300 images of each kind, 5 rounds (~2 min on 2 cores)
-    python tools/benchmark_loader.py --images 4 --rounds 1 --size 48 64    # smoke run
-    python tools/benchmark_loader.py --profile 40           # also cProfile our mapping on 40 images of each kind
+    python benchmarks/benchmark_loader.py                        # 300 images of each kind, 5 rounds (~2 min on 2 cores)
+    python benchmarks/benchmark_loader.py --images 4 --rounds 1 --size 96 128   # smoke run
+    python benchmarks/benchmark_loader.py --profile 40           # also cProfile our mapping on 40 images of each kind
 """
 import argparse
 import contextlib
@@ -44,7 +44,6 @@ import math
 import os
 import pstats
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -53,17 +52,15 @@ import zlib
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from PIL import Image
+from torchvision import datasets, tv_tensors
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import v2
 
-from PIL import Image  # noqa: E402
-from torchvision import datasets, tv_tensors  # noqa: E402
-from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
-
-from zenith_det.config import get_cfg  # noqa: E402
-from zenith_det.data import build_detection_train_loader, generate_synthetic_coco  # noqa: E402
-from zenith_det.data import coco as coco_module  # noqa: E402
-from zenith_det.modeling.build import TrainTestResize  # noqa: E402
+from zenith_det.config import get_cfg
+from zenith_det.data import build_detection_train_loader, generate_synthetic_coco
+from zenith_det.data import coco as coco_module
+from zenith_det.modeling.build import TrainTestResize
 
 # detectron2 MODEL_ZOO.md, R50-FPN 1x on 8 V100s, 16 images per iteration.
 D2_SPEEDS = {"shapes": ("mask_rcnn_R_50_FPN_1x", 0.261), "keypoints": ("keypoint_rcnn_R_50_FPN_1x", 0.315)}

@@ -12,24 +12,22 @@ with CUDA events. The "floor" row times one read of every gradient (a dot over
 one flat buffer of their size): a norm taken in its own pass reads at least
 that, so Zenith/SGD(fused) cannot fall below 1 + its ratio on the machine.
 
-    python tools/benchmark_optimizer.py                # CPU, weight decay 1e-4 and 0
-    python tools/benchmark_optimizer.py --device cuda  # GPU, also checks no sync
+    python benchmarks/benchmark_optimizer.py                # CPU, weight decay 1e-4 and 0
+    python benchmarks/benchmark_optimizer.py --device cuda  # GPU, also checks no sync
 """
 import argparse
 import statistics
-import time
 
 import torch
-import torchvision
 
 from zenith_det import Zenith, ZenithScheduler
-from zenith_det.analysis.overhead import ratio_with_block_spread
 from zenith_det.solver import NormHistory, global_grad_norm
+
+from common import device_seconds, mask_rcnn_r50_fpn, ratio_with_block_spread
 
 
 def detection_params(device):
-    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    return [p.detach().to(device) for p in model.parameters() if p.requires_grad]
+    return [p.detach().to(device) for p in mask_rcnn_r50_fpn().parameters() if p.requires_grad]
 
 
 def make_optimizers(template, device, weight_decays):
@@ -69,28 +67,9 @@ def global_state_bytes(history):
     return sum(v.numel() * v.element_size() for v in history.state_dict().values() if torch.is_tensor(v))
 
 
-def timer(device):
-    if device.type == "cuda":
-        def run(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-    else:
-        def run(fn):
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-    return run
-
-
 def forward_backward_seconds(device, reps):
     """One training forward+backward of Mask R-CNN R50-FPN on a 2x3x512x512 batch."""
-    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=512, max_size=512
-    ).to(device)
+    model = mask_rcnn_r50_fpn(image_size=512).to(device)
     model.train()
     gen = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 512, 512, generator=gen).to(device) for _ in range(2)]
@@ -101,11 +80,10 @@ def forward_backward_seconds(device, reps):
         for m, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
             m[y0:y1, x0:x1] = 1
         targets.append({"boxes": boxes.to(device), "labels": torch.tensor([1, 2, 3]).to(device), "masks": masks.to(device)})
-    time_it = timer(device)
     times = []
     for _ in range(reps + 1):  # the first one warms up
         model.zero_grad(set_to_none=True)
-        times.append(time_it(lambda: sum(model(images, targets).values()).backward()))
+        times.append(device_seconds(lambda: sum(model(images, targets).values()).backward(), device))
     return statistics.median(times[1:])
 
 
@@ -137,7 +115,6 @@ def main():
     n_params = sum(p.numel() for p in template)
     opts, scheduler = make_optimizers(template, device, args.weight_decay)
     del template
-    time_it = timer(device)
     for opt, _ in opts.values():  # first steps allocate state
         opt.step()
     steps = {name: opt.step for name, (opt, _) in opts.items()}
@@ -149,7 +126,7 @@ def main():
     part_history = NormHistory(500, device)
     steps["  part: NormHistory.update"] = lambda: part_history.update(torch.ones((), device=device))
     # What any norm taken in its own pass must read: every gradient once, here as one dot
-    # over one flat buffer of the same size (the fastest read; tools/benchmark_grad_norm.py
+    # over one flat buffer of the same size (the fastest read; benchmark_grad_norm.py
     # compares the ways).
     one_buffer = torch.randn(sum(g.numel() for g in zenith_grads), device=device)
     steps["  floor: one read of the grads"] = lambda: torch.dot(one_buffer, one_buffer)
@@ -158,7 +135,7 @@ def main():
     times = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():
-            times[name].append(time_it(step))
+            times[name].append(device_seconds(step, device))
     med = {name: statistics.median(t) for name, t in times.items()}
     sync = check_no_sync(first_zenith, device)
     fwd_bwd = forward_backward_seconds(device, args.fwd_bwd_reps) if args.fwd_bwd_reps > 0 else None

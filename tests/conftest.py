@@ -2,6 +2,7 @@ import importlib.util
 import logging
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,12 +20,31 @@ FAST_CLI = [
 ]
 
 
-def load_tool(name: str):
-    """tools/<name>.py as a module, so a test can call its entry point in this process."""
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+def _load_file(module_name: str, path: str):
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module, so a test can call its entry point in this process."""
+    return _load_file(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module ("common" for their shared module). Run as
+    `python benchmarks/<name>.py`, a script imports benchmarks/common.py beside it as `common`;
+    here that module is registered under the same name, so no test touches sys.path."""
+    path = os.path.join(REPO, "benchmarks", "common.py")
+    common = sys.modules.get("common")
+    if common is None:
+        common = sys.modules["common"] = _load_file("common", path)
+    elif not os.path.samefile(getattr(common, "__file__", None) or os.devnull, path):
+        raise ImportError(f"a module named 'common' is imported already ({common!r}), not {path}")
+    if name == "common":
+        return common
+    return _load_file(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
 
 # Tests run on 2 cores; more threads only add contention.
 torch.set_num_threads(2)

@@ -1,12 +1,12 @@
-"""tools/benchmark_grad_norm.py runs end to end (no timing assertions)."""
+"""benchmarks/benchmark_grad_norm.py runs end to end (no timing assertions)."""
 import pytest
 import torch
 
-from conftest import load_tool
+from conftest import load_benchmark
 
 
 def test_bucket_views_fill_25mib_buckets_from_the_last_parameter_like_ddp():
-    tool = load_tool("benchmark_grad_norm")
+    tool = load_benchmark("benchmark_grad_norm")
     shapes = [torch.Size(s) for s in ([7000, 1000], [3000, 1000], [10], [4000, 1000], [5, 5])]
     views, buckets = tool.bucket_views(shapes, torch.Generator().manual_seed(0))
     assert [v.shape for v in views] == shapes
@@ -21,7 +21,7 @@ def test_bucket_views_fill_25mib_buckets_from_the_last_parameter_like_ddp():
 
 
 def test_benchmark_grad_norm_smoke(capsys):
-    tool = load_tool("benchmark_grad_norm")
+    tool = load_benchmark("benchmark_grad_norm")
     tool.main(["--rounds", "1", "--blocks", "1", "--hook-reps", "1", "--image-size", "96", "--no-compile"])
     out = capsys.readouterr().out
     for row in ("SGD(fused) step", "shipped, per tensor", "shipped, DDP bucket views", "buckets as runs", "floor: one read",

@@ -1,13 +1,13 @@
-"""tools/benchmark_loader.py runs end to end (no timing assertions)."""
+"""benchmarks/benchmark_loader.py runs end to end (no timing assertions)."""
 import pytest
 
-from conftest import load_tool
+from conftest import load_benchmark
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def test_benchmark_loader_smoke(tmp_path, capsys):
-    tool = load_tool("benchmark_loader")
+    tool = load_benchmark("benchmark_loader")
     results = tool.main(["--images", "4", "--rounds", "1", "--size", "96", "128", "--min-size", "64",
                          "--max-size", "96", "--data", str(tmp_path), "--profile", "2"])
     out = capsys.readouterr().out

@@ -1,8 +1,8 @@
 """Masks pasted inside their boxes only (zenith_det/evaluation/masks.py) against the previous path.
 
-The previous path, kept in tools/benchmark_eval.py as the reference: the model pasted
-every mask into a full float image with torchvision's paste_masks_in_image, then the
-evaluator thresholded, encoded and built the result dicts. The new one must give the
+The previous path, frozen as the reference in tests/reference_conversion.py: the model
+pasted every mask into a full float image with torchvision's paste_masks_in_image, then
+the evaluator thresholded, encoded and built the result dicts. The new one must give the
 same COCO results, byte for byte once written as json.
 """
 import json
@@ -13,7 +13,8 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from conftest import load_tool
+import reference_conversion as previous
+from conftest import load_benchmark
 from zenith_det.config import get_cfg
 from zenith_det.evaluation import COCOEvaluator, encode_masks, inference_on_dataset, instances_to_coco_json
 from zenith_det.evaluation import coco_evaluation
@@ -28,7 +29,7 @@ NUM_KPTS = 17
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_tool("benchmark_eval")
+    return load_benchmark("benchmark_eval")
 
 
 def _probs(gen, n, kind="random"):
@@ -133,10 +134,10 @@ def _synthetic_outputs():
 
 
 @pytest.mark.parametrize("case", range(5))
-def test_coco_results_identical_to_the_previous_path(bench, case):
+def test_coco_results_identical_to_the_previous_path(case):
     name, out = _synthetic_outputs()[case]
     new = instances_to_coco_json(out, 9, MAPPING)
-    old = bench.reference_instances_to_coco_json(out, 9, MAPPING, out["image_size"])
+    old = previous.instances_to_coco_json(out, 9, MAPPING, out["image_size"])
     assert len(new) == out["boxes"].shape[0], name
     assert json.dumps(new) == json.dumps(old), name
     assert [list(r) for r in new] == [list(r) for r in old]  # the same fields, in the same order

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, load_tool
 from zenith_det.analysis import race, report, stats, verdicts
 from zenith_det.analysis.metrics import load_metrics
-from zenith_det.analysis.overhead import measure_iteration_costs, ratio_summary, ratio_with_block_spread, within_noise
+from zenith_det.analysis.overhead import measure_iteration_costs, ratio_summary, within_noise
 from zenith_det.errors import UserError
 
 SUITES = [os.path.join(REPO, "configs", "compare", "suites", f"{name}.yaml") for name in ("cpu", "gpu")]
@@ -284,15 +284,6 @@ def test_cost_ratios_and_noise():
     summary = ratio_summary(costs, "sgd", "step_seconds")
     assert summary["zen"]["ratio_median"] == pytest.approx(1.1) and within_noise(summary["zen"])
     assert summary["slow"]["ratio_min"] == pytest.approx(1.9) and not within_noise(summary["slow"])
-
-
-def test_ratio_of_medians_with_its_spread_over_blocks_of_rounds():
-    peer = [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0]  # a load change after round 4 hits both alike
-    values = [1.1, 1.2, 1.3, 1.2, 2.6, 2.4, 2.5]
-    ratio, low, high = ratio_with_block_spread(values, peer, blocks=2)
-    assert ratio == pytest.approx(1.3 / 1.0)  # medians over all 7 rounds
-    # blocks of 3 rounds (the 7th is left out): medians 1.2/1.0 and 2.4/2.0 -> 1.2 and 1.2
-    assert (low, high) == (pytest.approx(1.2), pytest.approx(1.2))
 
 
 @pytest.mark.slow

@@ -99,20 +99,6 @@ def ratio_summary(costs: Dict[str, dict], peer: str, key: str) -> Dict[str, dict
     return out
 
 
-def ratio_with_block_spread(values, peer_values, blocks: int):
-    """Median of `values` over that of `peer_values` (timings taken in interleaved rounds),
-    and the (lowest, highest) of that ratio over `blocks` consecutive blocks of rounds:
-    a difference inside that range is noise. For the benchmark tools."""
-    ratio = statistics.median(values) / statistics.median(peer_values)
-    size = max(1, len(values) // blocks)
-    per_block = [
-        statistics.median(values[i:i + size]) / statistics.median(peer_values[i:i + size])
-        for i in range(0, size * blocks, size)
-        if values[i:i + size]
-    ]
-    return ratio, min(per_block), max(per_block)
-
-
 def within_noise(summary: dict) -> bool:
     """A ratio whose round-to-round range covers 1: the two cost the same within the noise."""
     return summary["ratio_min"] <= 1.0 <= summary["ratio_max"]

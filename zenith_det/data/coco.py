@@ -206,7 +206,7 @@ def read_image(path, expected_size=None, image_root=""):
 
     JPEGs of 1 or 3 components (COCO's) are decoded by torchvision.io.decode_jpeg
     (libjpeg-turbo, straight to (C, H, W)): 1.25x PIL's path to this float32 tensor at
-    640x480 (1.45x for the decode alone; tools/benchmark_loader.py), same pixels here.
+    640x480 (1.45x for the decode alone; benchmarks/benchmark_loader.py), same pixels here.
     Anything else, and any JPEG decode_jpeg refuses or whose upright size is not the
     json's, goes through PIL as before.
     """
