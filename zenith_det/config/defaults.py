@@ -117,6 +117,9 @@ _C.TEST = CN()
 _C.TEST.EVAL_PERIOD = 0
 # ... and/or every this many minutes of wall clock (0 = off). Always at the end.
 _C.TEST.EVAL_PERIOD_MINUTES = 0.0
+# After each evaluation, the first this many images of the first DATASETS.TEST dataset go to
+# TensorBoard with the model's predictions, beside their ground truth (0 = off).
+_C.TEST.VIS_IMAGES = 4
 _C.TEST.IMS_PER_BATCH = 4
 _C.TEST.DETECTIONS_PER_IMAGE = 100
 # pycocotools or faster_coco_eval.

@@ -44,6 +44,7 @@ from .preemption import preemption_signals
 from .resume import check_same_training_data, resume_config, saved_config
 from .run_lock import acquire_run_lock
 from .train_loop import SimpleTrainer
+from .visualize_hook import VisualizePredictions
 from .writers import CommonMetricPrinter, JSONWriter, TensorboardWriter
 
 logger = logging.getLogger(__name__)
@@ -315,6 +316,7 @@ class Trainer(SimpleTrainer):
             hooks.PreemptionHandler(self.signals),
             hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_TO_KEEP),
             eval_hook,
+            VisualizePredictions() if eval_hook is not None and comm.is_main_process() else None,
             hooks.PeriodicWriter(writers, cfg.LOG_PERIOD) if writers else None,
         ]
 

@@ -25,10 +25,12 @@ class EventStorage:
         self._smoothing: Dict[str, bool] = {}
         self._pending: List[Tuple[str, torch.Tensor, int]] = []
         self._latest: Dict[str, Tuple[float, int]] = {}
+        self._counts: Dict[str, int] = defaultdict(int)
 
     def put_scalar(self, name: str, value, smoothing_hint: bool = True) -> None:
         """`value` may be a tensor: it is read only when a writer asks for it."""
         self._smoothing.setdefault(name, smoothing_hint)
+        self._counts[name] += 1
         if torch.is_tensor(value):
             self._pending.append((name, value.detach().reshape(()), self.iter))
         else:
@@ -53,6 +55,11 @@ class EventStorage:
         for (name, _, iteration), value in zip(self._pending, values):
             self._record(name, value, iteration)
         self._pending.clear()
+
+    def count(self, name: str) -> int:
+        """How many values of `name` were put so far, read without a host sync: how a hook
+        notices that another recorded something (an evaluation's "eval_seconds")."""
+        return self._counts.get(name, 0)
 
     def history(self, name: str) -> HistoryBuffer:
         self._flush()
