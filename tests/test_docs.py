@@ -1,0 +1,195 @@
+"""Docs that cannot rot: README.md and docs/*.md are checked against the code.
+
+- every relative link (and its #anchor) and every repository path named in backticks exists;
+- every `python tools/X.py ...` / `python benchmarks/X.py ...` command in a code block
+  parses with the tool's own argparse parser, flags and all, without running the job;
+- every config key named (`SOLVER.BASE_LR`, ...) exists in the defaults; docs/detectron2.md
+  is left out of this one, since it names detectron2's own keys;
+- the race's generated tables (docs/RESULTS.md) are linked, never copied;
+- the README stays a newcomer's page: at most 200 lines, the COCO command on its first screen.
+"""
+import argparse
+import fnmatch
+import glob
+import inspect
+import os
+import re
+import shlex
+import sys
+
+import pytest
+
+from conftest import REPO, load_benchmark, load_tool
+from zenith_det.config import get_cfg
+
+PAGES = ["README.md"] + sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md")))
+GENERATED = {"docs/RESULTS.md", "docs/RESULTS_provenance.md"}  # written by tools/compare.py
+WRITTEN = [p for p in PAGES if p not in GENERATED]
+ROOTS = ("tools/", "benchmarks/", "configs/", "zenith_det/", "tests/", "docs/", ".ci/")
+
+
+def _text(page):
+    with open(os.path.join(REPO, page), encoding="utf-8") as f:
+        return f.read()
+
+
+def _slug(heading):
+    """GitHub's anchor for a heading."""
+    text = heading.strip().lower().replace("`", "")
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(page):
+    return {_slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", _text(page), re.M)}
+
+
+def _prose(text):
+    """The text outside fenced code blocks."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+def _code_blocks(text):
+    return re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.M | re.S)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_links_resolve(page):
+    missing = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", _prose(_text(page))):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = os.path.normpath(os.path.join(REPO, os.path.dirname(page), path)) if path else os.path.join(REPO, page)
+        if not os.path.exists(resolved):
+            missing.append(target)
+        elif anchor and resolved.endswith(".md") and anchor not in _anchors(os.path.relpath(resolved, REPO)):
+            missing.append(target + " (no such heading)")
+    assert not missing, f"{page}: {missing}"
+
+
+def _named_paths(text):
+    for token in re.findall(r"`([^`\s]+)`", text):
+        token = token.rstrip(".,:;")
+        if token.startswith(ROOTS) and not re.search(r"[<{$]", token):
+            yield token
+
+
+@pytest.mark.parametrize("page", WRITTEN)
+def test_paths_named_exist(page):
+    text = _text(page)
+    named = set(_named_paths(text))
+    for block in _code_blocks(text):
+        named.update(t for t in re.findall(r"(?:^|\s)((?:tools|benchmarks|configs)/[\w./*-]+)", block)
+                     if not t.endswith("/"))
+    missing = [p for p in sorted(named) if not glob.glob(os.path.join(REPO, p))]
+    assert not missing, f"{page} names paths that do not exist: {missing}"
+
+
+def _commands(text):
+    """(script, argv) of every `python tools|benchmarks/X.py ...` in the page's code blocks."""
+    for block in _code_blocks(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            try:
+                words = shlex.split(line, comments=True)
+            except ValueError:
+                continue
+            for i, word in enumerate(words):
+                if re.fullmatch(r"(tools|benchmarks)/\w+\.py", word) and i and (
+                        words[i - 1] in ("python", "python3") or words[0] == "torchrun"):
+                    yield word, words[i + 1:]
+                    break
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _parse_only(monkeypatch):
+    """Make argparse stop with _Parsed once a tool's top-level parse succeeds: nothing runs."""
+    depth = [0]
+    for name in ("parse_args", "parse_intermixed_args"):
+        original = getattr(argparse.ArgumentParser, name)
+
+        def wrapper(self, *args, _original=original, **kwargs):
+            depth[0] += 1
+            try:
+                result = _original(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+            if depth[0] == 0:
+                raise _Parsed(result)
+            return result
+
+        monkeypatch.setattr(argparse.ArgumentParser, name, wrapper)
+
+
+def _entry_point(module):
+    return getattr(module, "cli", None) or module.main
+
+
+COMMANDS = sorted({(page, script, tuple(argv)) for page in WRITTEN for script, argv in _commands(_text(page))})
+
+
+def test_the_pages_have_commands_to_check():
+    scripts = {script for _, script, _ in COMMANDS}
+    assert {"tools/train_net.py", "tools/eval_coco.py", "tools/compare.py", "tools/visualize_data.py",
+            "tools/visualize_predictions.py", "benchmarks/benchmark_optimizer.py"} <= scripts
+
+
+@pytest.mark.parametrize("page, script, argv", COMMANDS, ids=[f"{p}:{s}:{' '.join(a)[:40]}" for p, s, a in COMMANDS])
+def test_commands_parse(page, script, argv, monkeypatch, capsys):
+    if script == "tools/train_d2.py":
+        pytest.importorskip("detectron2")
+    folder, name = os.path.split(script)
+    module = load_tool(name[:-3]) if folder == "tools" else load_benchmark(name[:-3])
+    entry = _entry_point(module)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    _parse_only(monkeypatch)
+    with pytest.raises(_Parsed):
+        try:
+            entry(list(argv)) if inspect.signature(entry).parameters else entry()
+        except SystemExit as e:
+            pytest.fail(f"{page}: `{script} {' '.join(argv)}` does not parse (exit {e.code}): "
+                        f"{capsys.readouterr().err.strip()}")
+
+
+def _config_keys():
+    keys = set()
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            keys.add(prefix + key)
+            if isinstance(value, dict):
+                walk(value, prefix + key + ".")
+
+    walk(get_cfg(), "")
+    return keys
+
+
+@pytest.mark.parametrize("page", [p for p in WRITTEN if p != "docs/detectron2.md"])
+def test_config_keys_exist(page):
+    keys = _config_keys()
+    named = set(re.findall(r"\b((?:MODEL|SOLVER|TEST|DATASETS|INPUT|DATALOADER)(?:\.[A-Z0-9_*]+)+)", _text(page)))
+    unknown = [k for k in sorted(named) if not any(fnmatch.fnmatchcase(key, k) for key in keys)]
+    assert not unknown, f"{page} names config keys that do not exist: {unknown}"
+
+
+def test_generated_tables_are_linked_not_copied():
+    rows = [line.strip() for line in _text("docs/RESULTS.md").splitlines()
+            if line.startswith("| ") and re.search(r"\d", line)]
+    for page in WRITTEN:
+        text = _text(page)
+        copied = [row for row in rows if row in text]
+        assert not copied, f"{page} copies rows of docs/RESULTS.md: {copied[:2]}"
+
+
+def test_readme_is_a_short_path_with_the_coco_command_on_its_first_screen():
+    lines = _text("README.md").splitlines()
+    assert len(lines) <= 200
+    assert any("tools/train_net.py --config configs/mask_rcnn_zenith.yaml --num-gpus 8" in line for line in lines[:60])
+    text = "\n".join(lines)
+    for command in ('pip install -e ".[test]" && python tools/train_net.py --config configs/synthetic/mask_rcnn_zenith.yaml',
+                    "python -m pytest -q"):
+        assert command in text
+    # The .ci/run contract: it runs exactly the README's test command.
+    assert "python -m pytest -q" in _text(".ci/run")
