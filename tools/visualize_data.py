@@ -10,37 +10,16 @@ label. One PNG per image, named after its file, in --output. KEY VALUE overrides
 work as for train_net.py (DATASETS.REGISTER to name your own data). A bad argument,
 key or dataset is one line on stderr and exit code 2.
 """
-import argparse
 import logging
 import os
 import sys
 
-from zenith_det.utils.cli import OneLineArgumentParser, run_guarded
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+from zenith_det.utils.cli import picture_argument_parser, run_guarded
 
 
 def parse_args(argv=None):
-    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", "--config-file", dest="config_file", required=True, metavar="FILE", help="YAML config")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNGs (created if absent)")
+    p = picture_argument_parser(__doc__)
     p.add_argument("--dataset", help="registered dataset name (default: the first of DATASETS.TRAIN)")
-    p.add_argument("--num", type=positive_int, default=8, help="images to draw, from the first (default 8)")
-    p.add_argument("--scale", type=positive_float, default=1.0, help="enlarge the pictures by this factor (default 1)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. DATASETS.TRAIN \"('x',)\"")
     return p.parse_args(argv)
 
 

@@ -17,39 +17,18 @@ annotations. The model's labels become the test json's categories as the evaluat
 them (TEST.CATEGORY_MATCH). One PNG per image, named after its file, in --output. A bad
 argument, key, results entry or a missing MODEL.WEIGHTS is one line on stderr, exit code 2.
 """
-import argparse
 import logging
 import os
 import sys
 
-from zenith_det.utils.cli import OneLineArgumentParser, run_guarded
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+from zenith_det.utils.cli import picture_argument_parser, run_guarded
 
 
 def parse_args(argv=None):
-    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", "--config-file", dest="config_file", required=True, metavar="FILE", help="YAML config")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNGs (created if absent)")
-    p.add_argument("--num", type=positive_int, default=8, help="images to draw, from the first (default 8)")
+    p = picture_argument_parser(__doc__)
     p.add_argument("--results", metavar="JSON", help="draw this COCO results json instead of running MODEL.WEIGHTS")
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="leave out predictions scoring below this (default 0.5)")
-    p.add_argument("--scale", type=positive_float, default=1.0, help="enlarge the pictures by this factor (default 1)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides, MODEL.WEIGHTS among them")
     return p.parse_args(argv)
 
 

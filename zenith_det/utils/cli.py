@@ -49,3 +49,29 @@ def run_guarded(main, args) -> int:
         logging.getLogger("zenith_det").error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return DIVERGED_EXIT_CODE
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def picture_argument_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments the visualizers share: --config, --output, --num, --scale, --debug, KEY VALUE."""
+    parser = OneLineArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "--config-file", dest="config_file", required=True, metavar="FILE", help="YAML config")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the PNGs (created if absent)")
+    parser.add_argument("--num", type=positive_int, default=8, help="images to draw, from the first (default 8)")
+    parser.add_argument("--scale", type=positive_float, default=1.0, help="enlarge the pictures by this factor (default 1)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. MODEL.WEIGHTS path.pth")
+    return parser
