@@ -456,6 +456,8 @@ def test_train_d2_without_detectron2_says_how_to_install(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install" in lines[0] and "detectron2" in lines[0]
+    # the build facts docs/detectron2.md gives: torch must be visible to the build, and pkg_resources present
+    assert "--no-build-isolation" in lines[0] and "setuptools<81" in lines[0]
 
 
 def test_core_package_never_imports_detectron2():

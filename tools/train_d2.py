@@ -21,8 +21,9 @@ import logging
 import os
 import sys
 
-INSTALL_HINT = ("tools/train_d2.py needs detectron2, which is not installed (it is not on PyPI): "
-                "build it from source as docs/detectron2.md, 'Installing detectron2', says")
+INSTALL_HINT = ("tools/train_d2.py needs detectron2, which is not installed (it is not on PyPI): with torch "
+                "installed, python -m pip install 'setuptools<81' wheel && python -m pip install --no-build-isolation "
+                "'git+https://github.com/facebookresearch/detectron2.git' (docs/detectron2.md, 'Installing detectron2')")
 
 logger = logging.getLogger("detectron2")
 

@@ -9,7 +9,9 @@ never by writing into each other.
 4. PreemptionHandler   turns SIGTERM/SIGINT into a clean stop and a checkpoint
 5. PeriodicCheckpointer
 6. EvalHook            every N iterations and/or M minutes, and at the end
-7. PeriodicWriter      metrics.json, TensorBoard, the console line (last, so it sees eval results)
+7. VisualizePredictions  a few val images with predictions to TensorBoard after each evaluation
+                       (visualize_hook.py)
+8. PeriodicWriter      metrics.json, TensorBoard, the console line (last, so it sees eval results)
 """
 import logging
 
