@@ -8,6 +8,10 @@ BASELINES = [
     "parameterfree>=0.0.1",  # COCOB
 ]
 
+# zenith_det/analysis/stats.py and power.py (t quantiles at any dof, the noncentral t, TOST's
+# integral) import scipy when first used, and say which extra installs it where it is missing.
+ANALYSIS = ["scipy>=1.9"]
+
 setup(
     name="zenith_det",
     version="0.1.0",
@@ -28,13 +32,19 @@ setup(
         "pillow",
     ],
     extras_require={
-        # The baselines and matplotlib too, so CI runs tests/test_baselines.py and
+        # The baselines, scipy and matplotlib too, so CI runs tests/test_baselines.py and
         # tests/test_race.py instead of skipping them (all small, pure-python wheels but matplotlib).
-        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.4", "faster-coco-eval>=1.6", "matplotlib>=3.7"] + BASELINES,
+        # submitit too, so CI runs tests/test_slurm.py (tools/submit.py) instead of skipping it.
+        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.4", "faster-coco-eval>=1.6", "matplotlib>=3.7",
+                 "submitit>=1.5"] + ANALYSIS + BASELINES,
         # The optimizers tools/compare.py races ZENITH against (zenith_det/solver/baselines.py).
         "baselines": BASELINES,
         "fast_eval": ["faster-coco-eval>=1.6"],
         "plots": ["matplotlib>=3.7"],
+        # The race's statistics (tools/compare.py: exact t quantiles, TOST, power); training never needs it.
+        "analysis": ANALYSIS,
+        # tools/submit.py: SLURM jobs through submitit, requeued at time limits and preemption (docs/cluster.md).
+        "slurm": ["submitit>=1.5"],
         # detectron2 is not on the package registry: install it from source yourself
         # (docs/detectron2.md, "Installing detectron2"); zenith_det.detectron2 then works.
     },

@@ -5,10 +5,13 @@
     python tools/train_net.py --config configs/mask_rcnn_zenith.yaml --num-gpus 8
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
         tools/train_net.py --config configs/mask_rcnn_zenith.yaml
+    srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 python tools/train_net.py --config ...   # no torchrun
+    python tools/submit.py --config ... --nodes 2 --gpus-per-node 8   # SLURM via submitit, requeued (docs/cluster.md)
     python tools/train_net.py --config ... --resume          # after a stop or a crash
     python tools/train_net.py --config ... --eval-only MODEL.WEIGHTS output/model_final.pth
 
-Exit codes: 0 done, 2 bad input (one line says what to fix), 3 diverged, 75 preempted.
+Exit codes: 0 done, 2 bad input (one line says what to fix), 3 diverged, 75 preempted
+(SIGTERM, SIGINT or SIGUSR2: a checkpoint was written, continue with --resume).
 """
 # First, before the seconds of heavy imports: a stop signal now ends the process with exit 75
 # (run as a script or as a spawned worker; a test importing this file keeps its own handlers).
@@ -17,115 +20,13 @@ from zenith_det.utils.early_signals import exit_on_stop_signals
 if __name__ in ("__main__", "__mp_main__"):
     exit_on_stop_signals()
 
-import logging  # noqa: E402
-import os
-import sys
+import sys  # noqa: E402
 
-import torch.multiprocessing as mp
-
-from zenith_det.config import load_config
-from zenith_det.engine import (
-    PREEMPTED_EXIT_CODE,
-    Preempted,
-    Trainer,
-    build_model_for_evaluation,
-    default_setup,
-    evaluate,
-    inference_dir,
-    launch,
-    preemption_signals,
-    resolve_device,
-)
-from zenith_det.engine.launch import launched_by_torchrun
-from zenith_det.utils.cli import default_argument_parser, run_guarded
-from zenith_det.evaluation import RESULTS_FILE, format_results_table
-from zenith_det.utils import comm
-
-logger = logging.getLogger("zenith_det")
-
-
-def main(args) -> int:
-    # First of all: a stop signal at any later moment ends with a resumable state and exit 75.
-    signals = preemption_signals().install()
-    try:
-        return _main(args)
-    finally:
-        signals.uninstall()  # for callers in the same process (tests); the process is about to end
-
-
-def _main(args) -> int:
-    cfg = load_config(args.config_file, args.opts)
-    default_setup(cfg, resume=args.resume or args.eval_only)
-    cfg.freeze()
-    if args.eval_only:
-        return eval_only(cfg, args.resume)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    results = trainer.train()
-    if comm.is_main_process():
-        print_summary(trainer.cfg, results, trainer)
-    if trainer.preempted:  # a signal at any point, the last checkpoint included
-        logger.warning("Preempted after iteration %d; continue with --resume (exit code %d)", trainer.iter, PREEMPTED_EXIT_CODE)
-        return PREEMPTED_EXIT_CODE
-    return 0
-
-
-def eval_only(cfg, resume: bool) -> int:
-    model = build_model_for_evaluation(cfg, resume)
-    try:
-        with preemption_signals().interruptible():
-            results = evaluate(cfg, model)
-    except Preempted:
-        logger.warning("Evaluation abandoned: the run was asked to stop (exit code %d)", PREEMPTED_EXIT_CODE)
-        return PREEMPTED_EXIT_CODE
-    if comm.is_main_process():
-        print_summary(cfg, results, None)
-    return 0
-
-
-def print_summary(cfg, results, trainer) -> None:
-    out = cfg.OUTPUT_DIR
-    lines = ["", "Evaluation (COCO AP, %):", format_results_table(results) if results else "  (no evaluation: DATASETS.TEST is empty)"]
-    if trainer is not None:
-        lines.append(
-            f"Stopped after {trainer.iter} iterations ({trainer.stop_reason or 'SOLVER.MAX_ITER reached'}), "
-            f"{trainer.clock.elapsed() / 60:.1f} min of the {cfg.SOLVER.MAX_TIME_HOURS:g} h budget used."
-        )
-        lines.append(f"  checkpoint:  {trainer.last_good_checkpoint}")
-    for name in cfg.DATASETS.TEST:
-        lines.append(f"  results:     {os.path.join(inference_dir(cfg, name), RESULTS_FILE)}")
-    lines.append(f"  metrics:     {os.path.join(out, 'metrics.json')} (TensorBoard: tensorboard --logdir {out})")
-    lines.append(f"  config:      {os.path.join(out, 'config.yaml')}")
-    print("\n".join(lines), flush=True)
+from zenith_det.engine.train_net import cli as _cli  # noqa: E402
 
 
 def cli(argv=None) -> int:
-    args = default_argument_parser(__doc__).parse_args(argv)
-    if args.list_optimizers:
-        from zenith_det.solver import list_optimizers
-
-        print("\n".join(f"{name:22s}{description}" for name, description in list_optimizers(with_description=True)))
-        return 0
-    return run_guarded(_launch, args)
-
-
-def _launch(args) -> int:
-    # Checked once here, so a bad config fails before any process is spawned.
-    cfg = load_config(args.config_file, args.opts)
-    use_cuda = resolve_device(cfg).type == "cuda"
-    if launched_by_torchrun() or args.num_gpus <= 1:
-        return launch(main, 1, use_cuda=use_cuda, args=(args,))
-    try:
-        launch(_spawned_main, args.num_gpus, use_cuda=use_cuda, args=(args,))
-    except mp.ProcessExitedException as e:
-        return e.exit_code
-    return 0
-
-
-def _spawned_main(args):
-    code = run_guarded(main, args)
-    if code:
-        sys.exit(code)
+    return _cli(argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,12 @@ from .checkpoint import AtomicCheckpointer
 from .defaults import (
     Trainer,
     build_model_for_evaluation,
-    default_setup,
     evaluate,
     inference_dir,
     resolve_device,
     test_category_maps,
 )
+from .setup import default_setup
 from .events import EventStorage, get_event_storage
 from .hooks import (
     EvalHook,

@@ -6,11 +6,8 @@
     trainer.resume_or_load(resume=False)
     trainer.train()
 """
-import glob
 import logging
 import os
-import sys
-import tempfile
 import time
 from collections import OrderedDict
 
@@ -34,15 +31,14 @@ from ..modeling import build_model
 from ..solver import build_gradient_clipper, build_lr_scheduler, build_optimizer, optimizer_spec
 from ..utils import comm
 from ..utils.budget import BudgetClock
-from ..utils.fileio import TEMP_PREFIX, atomic_write_text, remove_stale_temporaries
-from ..utils.logger import setup_logger
+from ..utils.fileio import atomic_write_text
 from ..utils.rng import rng_state, seed_all_rng, set_rng_state
 from . import hooks
 from .checkpoint import AtomicCheckpointer
 from .precise_bn import recompute_bn_stats
 from .preemption import preemption_signals
 from .resume import check_same_training_data, resume_config, saved_config
-from .run_lock import acquire_run_lock
+from .setup import set_random_seed
 from .train_loop import SimpleTrainer
 from .visualize_hook import VisualizePredictions
 from .writers import CommonMetricPrinter, JSONWriter, TensorboardWriter
@@ -63,88 +59,6 @@ def resolve_device(cfg) -> torch.device:
         if comm.get_world_size() > 1:
             return torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-# A folder with any of these holds an earlier run, checkpoint or not.
-_RUN_FILES = ("last_checkpoint", "config.yaml", "metrics.json")
-
-
-def _earlier_run_file(out: str):
-    for name in _RUN_FILES:
-        if os.path.exists(os.path.join(out, name)):
-            return name
-    found = sorted(glob.glob(os.path.join(out, "model_*.pth")))
-    return os.path.basename(found[0]) if found else None
-
-
-def _claim_output_dir(out: str, resume: bool) -> list:
-    """Rank 0: a writable folder, locked for this run, not holding an earlier run unless resuming.
-    Returns the stale temporaries it removed (logged once logging is set up)."""
-    try:
-        out.encode("utf-8")
-    except UnicodeEncodeError:
-        # TensorBoard and the json files record the folder's name as UTF-8: refuse before writing anything.
-        shown = os.fsencode(out).decode("utf-8", "backslashreplace")
-        raise UserError(f"OUTPUT_DIR {shown} is not a UTF-8 name (TensorBoard cannot write there); "
-                        "choose a folder name in UTF-8") from None
-    try:
-        os.makedirs(out, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"OUTPUT_DIR {out} is not writable ({e.strerror}); choose another OUTPUT_DIR") from e
-    acquire_run_lock(out)
-    earlier = _earlier_run_file(out)
-    if not resume and earlier:
-        raise UserError(
-            f"OUTPUT_DIR {out} holds an earlier run ({earlier}); add --resume to continue it, "
-            "or set OUTPUT_DIR to a new folder"
-        )
-    # Safe now that the lock says no other run writes here.
-    return remove_stale_temporaries(out)
-
-
-def default_setup(cfg: CfgNode, resume: bool) -> None:
-    """Output folder (locked for this run), logging, seeds, determinism.
-
-    Refuses to start a new run over an earlier one in OUTPUT_DIR (that would
-    overwrite its checkpoints and mix its metrics), and any run in a folder another
-    run is using: continue it with --resume, or choose another OUTPUT_DIR.
-    With `resume` and SEED < 0 the seed is left for the checkpoint to supply.
-    """
-    out = cfg.OUTPUT_DIR
-    error, removed = None, []
-    if comm.is_main_process():
-        try:
-            removed = _claim_output_dir(out, resume)
-        except UserError as e:
-            error = str(e)
-    # Every rank learns of rank 0's refusal, so none waits at a barrier for it.
-    error = next((e for e in comm.all_gather(error) if e), None)
-    if error:
-        raise UserError(error)
-    setup_logger(out if comm.is_main_process() else None, rank=comm.get_rank())
-    for path in removed:
-        logger.info("Removed %s, a temporary file left by an interrupted run", path)
-    if cfg.SEED < 0 and not resume:
-        _set_random_seed(cfg)
-    logger.info("Command line: %s", " ".join(sys.argv))
-    seed_all_rng(cfg.SEED + comm.get_rank())
-    if cfg.DETERMINISTIC:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def _set_random_seed(cfg: CfgNode) -> None:
-    """A random seed, the same on every rank, kept in the config so the run can be repeated."""
-    seed = comm.all_gather(int.from_bytes(os.urandom(3), "little"))[0]
-    was_frozen = cfg.is_frozen()
-    cfg.defrost()
-    cfg.SEED = seed
-    if was_frozen:
-        cfg.freeze()
 
 
 def inference_dir(cfg: CfgNode, dataset_name: str) -> str:
@@ -361,7 +275,13 @@ class Trainer(SimpleTrainer):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["budget"] = self.clock.state_dict()
-        state["rng"] = rng_state()
+        # Every rank's RNG (each draws its own proposals' samples): called on every rank, as the
+        # checkpoint hook does, so that a resume with as many processes continues each rank's stream.
+        # "rng" alone (rank 0's) is what a single process and older checkpoints have.
+        states = comm.all_gather(rng_state())
+        state["rng"] = states[0]
+        if len(states) > 1:
+            state["rng_ranks"] = states
         # YAML text: a plain string, and what `--resume` compares the new config with.
         state["config"] = self.cfg.dump()
         state["data"] = self.data_identity
@@ -370,7 +290,11 @@ class Trainer(SimpleTrainer):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.clock.load_state_dict(state["budget"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or []
+        if len(ranks) == comm.get_world_size():
+            set_rng_state(ranks[comm.get_rank()])
+        else:  # a single process, or another number of processes than saved: rank 0's stream for every rank
+            set_rng_state(state["rng"])
         # The schedule is a pure function of the iteration and the (current) config.
         self.scheduler = self.build_lr_scheduler(self.cfg, self.optimizer, last_iter=self.start_iter - 1)
 
@@ -390,7 +314,7 @@ class Trainer(SimpleTrainer):
         if state is None:
             logger.info("--resume: no checkpoint in %s yet; starting from scratch", self.cfg.OUTPUT_DIR)
             if self.cfg.SEED < 0:
-                _set_random_seed(self.cfg)
+                set_random_seed(self.cfg)
                 seed_all_rng(self.cfg.SEED + comm.get_rank())
             return False
         path = state.pop("path")

@@ -1,20 +1,34 @@
-"""Start one process per device: under torchrun, or spawned here for `--num-gpus N`.
+"""Start one process per device: under torchrun, under srun, or spawned here for `--num-gpus N`.
 
 torchrun (one or many machines) sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR; we
-join that group. Otherwise `--num-gpus N > 1` spawns N local processes. The
+join that group. `srun --ntasks-per-node G python tools/train_net.py ...` starts
+one process per task without torchrun: rank, world size and local rank are then
+SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, the rendezvous is the first node
+of the job step on a port derived from the job id (MASTER_ADDR and MASTER_PORT,
+when set, win). Otherwise `--num-gpus N > 1` spawns N local processes. The
 backend is NCCL when CUDA is used, gloo on the CPU.
+
+An environment that contradicts itself (a SLURM_PROCID >= SLURM_NTASKS, torchrun's
+and SLURM's ranks disagreeing, `--num-gpus` under srun) is a UserError: one line.
 """
 import logging
 import os
 import signal
 import socket
 from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ..errors import UserError
+from .slurm import env_int, export_slurm_environment, slurm_task
+
 logger = logging.getLogger(__name__)
+
+# Signals sent to a `--num-gpus N` launcher alone that it passes on to its workers.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
 def _free_port() -> int:
@@ -31,11 +45,43 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def check_launch_environment(num_processes: int = 1) -> Optional[str]:
+    """Who started this process as one of several: "torchrun", "srun", or None (a single process,
+    which spawns `num_processes` itself). Raises UserError, one line, where the environment
+    contradicts itself or the request."""
+    task = slurm_task()  # SLURM's own variables are checked whoever launched us
+    if launched_by_torchrun():
+        # torchrun itself (TORCHELASTIC_RUN_ID) numbers its processes its own way, one or many per srun
+        # task. RANK/WORLD_SIZE/LOCAL_RANK set by anyone else (a wrapper, or left in the environment)
+        # beside srun's variables must say what srun's do.
+        if task is not None and "TORCHELASTIC_RUN_ID" not in os.environ:
+            given = (env_int("RANK"), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK"))
+            if given != tuple(task):
+                raise UserError(
+                    f"RANK={given[0]}, WORLD_SIZE={given[1]}, LOCAL_RANK={given[2]} disagree with srun's "
+                    f"SLURM_PROCID={task.rank}, SLURM_NTASKS={task.world_size}, SLURM_LOCALID={task.local_rank}: "
+                    "unset RANK/WORLD_SIZE/LOCAL_RANK (srun's are enough), or start torchrun under srun")
+        return "torchrun"
+    if task is not None:
+        if num_processes > 1:
+            raise UserError(f"--num-gpus {num_processes} under srun, which started SLURM_NTASKS={task.world_size} "
+                            "processes already: give srun one task per GPU (srun --ntasks-per-node G) and drop "
+                            "--num-gpus, or run a single task (srun --ntasks 1) with --num-gpus")
+        return "srun"
+    return None
+
+
 def launch(main_func, num_processes: int = 1, use_cuda: bool = None, args=(), timeout_minutes: int = 30):
     """Run `main_func(*args)` in every process of the job."""
     if use_cuda is None:
         use_cuda = torch.cuda.is_available()
-    if launched_by_torchrun():
+    launcher = check_launch_environment(num_processes)
+    if launcher == "srun":
+        task = slurm_task()
+        export_slurm_environment(task)
+        logger.info("srun task %d of %d (local rank %d); rendezvous at %s:%s", task.rank, task.world_size,
+                    task.local_rank, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+    if launcher is not None:
         _init_from_env(use_cuda, timeout_minutes)
         try:
             return main_func(*args)
@@ -51,16 +97,16 @@ def launch(main_func, num_processes: int = 1, use_cuda: bool = None, args=(), ti
         _worker, nprocs=num_processes, args=(main_func, num_processes, use_cuda, args, timeout_minutes),
         daemon=False, start_method="spawn", join=False,
     )
-    # SIGTERM sent to this process alone (`kill PID`, a scheduler) is passed to the workers,
-    # which checkpoint and exit 75; join() then reports that code (ProcessExitedException).
+    # SIGTERM or SIGUSR2 sent to this process alone (`kill PID`, a scheduler) is passed to the
+    # workers, which checkpoint and exit 75; join() then reports that code (ProcessExitedException).
     # Ctrl-C already reaches every process of the terminal's group: the parent just waits.
     def forward(signum, frame):
         for process in context.processes:
             if process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
-                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         while not context.join():
             pass
@@ -71,7 +117,9 @@ def launch(main_func, num_processes: int = 1, use_cuda: bool = None, args=(), ti
 
 def _init_from_env(use_cuda: bool, timeout_minutes: int) -> None:
     if use_cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        local_rank, visible = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+        # A scheduler that binds one GPU to each task (srun --gpus-per-task 1) shows each process its own only.
+        torch.cuda.set_device(0 if visible == 1 else local_rank)
     dist.init_process_group(_backend(use_cuda), timeout=timedelta(minutes=timeout_minutes))
 
 

@@ -1,7 +1,9 @@
-"""SIGTERM/SIGINT as a request to stop cleanly, from the process's start to its end.
+"""SIGTERM/SIGINT/SIGUSR2 as a request to stop cleanly, from the process's start to its end.
 
 A cluster that preempts a job sends SIGTERM and waits a grace period before
-SIGKILL. Whatever the run is doing then, it must end with a resumable state and
+SIGKILL; SLURM sends SIGUSR2 some time before a job's time limit when asked to
+(`sbatch --signal=USR2@120`, which is what submitit asks for: docs/cluster.md).
+Whatever the run is doing then, it must end with a resumable state and
 exit code 75 (EX_TEMPFAIL, "requeue me"):
 
 - while training, the current iteration finishes and a checkpoint is written;
@@ -28,10 +30,12 @@ class Preempted(BaseException):
 
 
 class PreemptionSignals:
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
     def __init__(self):
-        self.received = None
+        self.received = None  # the name of the latest stop signal, None before any
+        self.seen = set()  # the names of every stop signal received since the last fresh install
+        self.signals = list(self.SIGNALS)
         self._interruptible = 0
         self._previous = {}
 
@@ -39,18 +43,30 @@ class PreemptionSignals:
     def installed(self) -> bool:
         return bool(self._previous)
 
+    def add_signal(self, sig: signal.Signals) -> None:
+        """Treat `sig` as a stop signal too (a cluster's own pre-timeout signal); installed at once
+        when the others are."""
+        if sig not in self.signals:
+            self.signals.append(sig)
+            if self.installed:
+                self._install_one(sig)
+
     def install(self) -> "PreemptionSignals":
         """Idempotent; a fresh install forgets a signal received before an earlier uninstall."""
         if not self.installed:
             self.received = None
-        for sig in self.SIGNALS:
-            if sig in self._previous:
-                continue
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals to whoever owns them
-                pass
+            self.seen = set()
+        for sig in self.signals:
+            self._install_one(sig)
         return self
+
+    def _install_one(self, sig) -> None:
+        if sig in self._previous:
+            return
+        try:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals to whoever owns them
+            pass
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
@@ -61,6 +77,7 @@ class PreemptionSignals:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C means "now"
         self.received = signal.Signals(signum).name
+        self.seen.add(self.received)
         if self._interruptible:
             logger.warning("%s received: abandoning the evaluation in progress", self.received)
             raise Preempted(self.received)

@@ -26,7 +26,7 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", "--config-file", dest="config_file", default="", metavar="FILE", help="YAML config")
     parser.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in OUTPUT_DIR")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint)")
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes to spawn on this machine (not under torchrun)")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes to spawn on this machine (not under torchrun or srun)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("--list-optimizers", action="store_true",
                         help="list the SOLVER.OPTIMIZER choices with their descriptions, and exit")

@@ -1,0 +1,211 @@
+"""tools/train_net.py as a submitit job: one task per GPU, requeued at a time limit or a preemption.
+
+`tools/submit.py` submits a `TrainingJob`. submitit pickles it, starts one task per
+GPU (SLURM: `srun` inside an sbatch script; `--cluster local`: subprocesses here)
+and calls it in each. A task runs the training job's `cli()` (zenith_det/engine/train_net.py,
+what tools/train_net.py runs) with the command line it was given, which always ends in `--resume`: the first segment
+finds no checkpoint and starts from scratch, every later one continues from the
+newest.
+
+The signals (docs/cluster.md):
+
+- SIGUSR2, submitit's "time limit near / preempted" signal (SLURM sends it
+  `signal_delay_s` before the limit, to every task). submitit's own handler would
+  requeue at once, losing the iterations since the last checkpoint; the trainer's
+  handler takes it over while training runs (PreemptionSignals), so the iteration
+  finishes, a checkpoint is written and train_net returns 75. Then rank 0 hands
+  the signal back to submitit's handler, which calls `checkpoint()` (this job,
+  unchanged), counts the timeouts (`max_num_timeout`) and requeues the job.
+- SIGTERM (a preemption without `send_user_signal`, `scancel`): the trainer
+  checkpoints and the tasks exit 75 without requeueing; SLURM requeues a
+  preempted job itself when its PreemptMode says so, and the requeued job resumes.
+- Any other failure (an exception) is requeued by rank 0 at most `max_retries`
+  times per job, counted in the job's folder (FAILURES_FILE) with its cause. A bad
+  input (exit 2) or a divergence (exit 3) would fail again: never requeued.
+
+Rank 0 writes the job's outcome to STATUS_FILE in the job's folder when it ends
+for good; `tools/submit.py --wait` reads it.
+
+Only the standard library at module level: the task imports this module to unpickle the job.
+"""
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Optional, Sequence
+
+from .exit_codes import DIVERGED, OK, PREEMPTED, USER_ERROR
+
+logger = logging.getLogger(__name__)
+
+STATUS_FILE = "zenith_status.json"
+FAILURES_FILE = "zenith_failures.json"
+# The exit status of a job that failed for good (an exception, retries spent).
+FAILED = 1
+
+
+class JobFailed(Exception):
+    """The job's training ended with `exit_code` and is not requeued."""
+
+    def __init__(self, exit_code: int, message: str):
+        super().__init__(f"exit code {exit_code}: {message}")
+        self.exit_code = exit_code
+
+
+class TrainingJob:
+    """A submitit callable with submitit's checkpointing protocol (`__call__` and `checkpoint`)."""
+
+    def __init__(self, argv: Sequence[str], max_retries: int = 2, entry: str = "zenith_det.engine.train_net:cli"):
+        self.entry = entry  # "module:function" every task calls with argv (tests give a stand-in)
+        self.argv = list(argv)
+        if "--resume" not in self.argv:
+            self.argv.append("--resume")
+        self.max_retries = max_retries
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit's signal handler before a requeue: the same job, which resumes (its
+        argv ends in --resume). The trainer has written its checkpoint by then (see __call__)."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+    def __call__(self) -> int:
+        import submitit
+        from submitit.core.utils import UncompletedJobError
+
+        env = submitit.JobEnvironment()
+        export_torch_distributed_environment(env)
+        job_dir = str(env.paths.folder)
+        rank = env.global_rank
+        if rank == 0:
+            _remove(os.path.join(job_dir, STATUS_FILE))  # an earlier segment's, before a requeue by SLURM itself
+        requeue_signal = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+        submitit_handler = signal.getsignal(requeue_signal)
+        from .engine.preemption import preemption_signals
+
+        signals = preemption_signals()
+        signals.add_signal(requeue_signal)  # the trainer stops at a safe point on it, as on SIGTERM
+        sys.argv = ["tools/train_net.py", *self.argv]  # what the run's log records as its command line
+        module, _, function = self.entry.partition(":")
+        try:
+            code = getattr(importlib.import_module(module), function)(self.argv)
+        except Exception as e:  # noqa: BLE001 (a crash of any kind: requeued a bounded number of times)
+            return self._failed(env, job_dir, e)
+        if code == OK:
+            if rank == 0:
+                _write_status(job_dir, OK, "done")
+            return OK
+        if code == PREEMPTED and requeue_signal.name in signals.seen:
+            if rank != 0:
+                _say(f"rank {rank}: stopped for {requeue_signal.name} with the checkpoint written; "
+                     "rank 0 requeues the job")
+                sys.exit(0)
+            if not callable(submitit_handler):  # not started by submitit: nothing to hand the signal to
+                _write_status(job_dir, PREEMPTED, f"stopped by {requeue_signal.name}; continue with --resume")
+                sys.exit(PREEMPTED)
+            _say(f"{requeue_signal.name}: checkpoint written; requeueing the job through submitit")
+            try:
+                submitit_handler(requeue_signal, None)  # checkpoint() + requeue + exit, as submitit does
+            except UncompletedJobError as e:  # "timed-out too many times"
+                _write_status(job_dir, PREEMPTED, f"{e}; the checkpoint is written: resubmit with --resume")
+                raise
+            return PREEMPTED  # not reached: submitit's handler exits the task after requeueing
+        if code == PREEMPTED:
+            # SIGTERM or SIGINT: a preemption that SLURM requeues itself (or not), a scancel, a Ctrl-C.
+            # No result is written, so that a job requeued by SLURM is still waited for.
+            if rank == 0:
+                _write_status(job_dir, PREEMPTED, f"stopped by {signals.received} with a checkpoint written; "
+                              "not requeued by us: resubmit with --resume if SLURM does not requeue it")
+            sys.exit(PREEMPTED)
+        reason = {USER_ERROR: "bad input (the line starting with 'error:' in the task's log says what to fix)",
+                  DIVERGED: "training diverged (SOLVER.MAX_NONFINITE_STEPS non-finite losses in a row)"}
+        message = reason.get(code, "tools/train_net.py failed") + "; not requeued: it would fail again"
+        if rank == 0:
+            _write_status(job_dir, code, message)
+        raise JobFailed(code, message)
+
+    def _failed(self, env, job_dir: str, error: Exception) -> int:
+        cause = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+        if env.global_rank != 0:
+            _say(f"rank {env.global_rank} failed ({cause}); rank 0 decides whether the job is requeued")
+            raise error
+        path = os.path.join(job_dir, FAILURES_FILE)
+        failures = _read_json(path, default=[])
+        failures.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "cause": cause})
+        _write_json(path, failures)
+        retries = "retry" if self.max_retries == 1 else "retries"
+        if len(failures) <= self.max_retries:
+            traceback.print_exception(error)  # what the last line below names, in full
+            _say(f"error: the job failed ({cause}); requeueing it, retry {len(failures)} of {self.max_retries} "
+                 f"(causes in {path})")
+            env._requeue(_timeouts_left(env))  # submitit's requeue: scontrol requeue on SLURM, exit 144 locally
+            sys.exit(-1)  # as submitit's own handler does once SLURM has the job back
+        _say(f"error: the job failed ({cause}) after {self.max_retries} {retries}; not requeued again "
+             f"(causes in {path})")
+        _write_status(job_dir, FAILED, f"failed {len(failures)} times, last: {cause}")
+        raise error
+
+
+def _timeouts_left(env) -> int:
+    """The requeues after a time limit that submitit still allows this job (for its log line)."""
+    from submitit.helpers import DelayedSubmission
+
+    try:
+        return DelayedSubmission.load(env.paths.submitted_pickle)._timeout_countdown
+    except Exception:  # noqa: BLE001 (only a number for a log line)
+        return 0
+
+
+def export_torch_distributed_environment(env) -> None:
+    """torch.distributed's env:// variables for this task, from submitit's job environment: what
+    torchrun would set. On SLURM they agree with srun's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID."""
+    from .engine.slurm import slurm_master_port
+
+    os.environ.update(
+        RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
+        LOCAL_WORLD_SIZE=str(env.num_tasks // max(env.num_nodes, 1)),
+        MASTER_ADDR="127.0.0.1" if env.num_nodes == 1 else env.hostnames[0],
+        MASTER_PORT=str(slurm_master_port(str(env.job_id))),
+    )
+
+
+def read_status(job_dir: str) -> Optional[dict]:
+    """The outcome rank 0 wrote when the job ended for good: {"exit_code": N, "message": ...}, or None."""
+    return _read_json(os.path.join(job_dir, STATUS_FILE), default=None)
+
+
+def _say(message: str) -> None:
+    """To the run's log (log.txt and the console) once train_net set it up, else to stderr."""
+    if logging.getLogger("zenith_det").handlers:
+        logger.warning("%s", message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _read_json(path: str, default):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def _write_json(path: str, obj) -> None:
+    from .utils.fileio import atomic_write_json
+
+    atomic_write_json(obj, path, indent=1)
+
+
+def _write_status(job_dir: str, exit_code: int, message: str) -> None:
+    _write_json(os.path.join(job_dir, STATUS_FILE), {"exit_code": exit_code, "message": message})
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
