@@ -104,20 +104,22 @@ def within_noise(summary: dict) -> bool:
     return summary["ratio_min"] <= 1.0 <= summary["ratio_max"]
 
 
-def measure_suite_costs(suite, out: str, rounds: int = 5, block: int = 4, threads: int = 1, extra=(), log=print) -> dict:
-    """The per-iteration cost of each arm of the suite's main comparison (seed 0's config),
-    with `threads` torch threads (a race run's share of the cores), written to
-    OUT/costs.json; the peer is the reference arm."""
+def measure_suite_costs(suite, out: str, rounds: int = 5, block: int = 4, threads: int = 1, extra=(), log=print,
+                        dest=None) -> dict:
+    """The per-iteration cost of each arm of the suite's main and automatic comparisons
+    (the first seed's config, at the config's lr: the lr does not change what an iteration
+    costs), with `threads` torch threads (a race run's share of the cores), written to
+    `dest` (default OUT/costs.json); the peer is the reference arm."""
     import torch
 
     from ..config import load_config
     from ..utils.fileio import atomic_write_json
     from .race import COSTS, run_options
 
-    arms = [a for a in suite.arms if a.group == "main"]
+    arms = [a for a in suite.arms if a.group in ("main", "automatic")]
     configs = {}
     for arm in arms:
-        opts = run_options(suite, arm, suite.seeds[0], out, extra)
+        opts = run_options(suite, arm, arm.seeds[0], out, extra)
         cfg = load_config(arm.config, opts)
         cfg.defrost()
         cfg.MODEL.DEVICE, cfg.DATALOADER.NUM_WORKERS = "cpu" if not torch.cuda.is_available() else cfg.MODEL.DEVICE, 0
@@ -131,6 +133,5 @@ def measure_suite_costs(suite, out: str, rounds: int = 5, block: int = 4, thread
     finally:
         torch.set_num_threads(saved)
     result = {"rounds": rounds, "block": block, "threads": threads, "peer": suite.reference, "costs": costs}
-    os.makedirs(out, exist_ok=True)
-    atomic_write_json(result, os.path.join(out, COSTS), indent=1)
+    atomic_write_json(result, dest or os.path.join(out, COSTS), indent=1)
     return result

@@ -3,7 +3,9 @@
 * host syncs inside ``optimizer.step()`` (each would stall the host on a GPU);
 * the bytes of the optimizer's state per parameter;
 * peak memory;
-* the `RaceProbe` hook: wall-clock seconds and the effective step size in metrics.json.
+* the `RaceProbe` hook: wall-clock seconds and the effective step size in metrics.json,
+  and the iterations whose update was skipped for a non-finite loss, over the whole run
+  (a resumed run carries the count in its checkpoint, as the hook's state).
 """
 import contextlib
 import math
@@ -141,13 +143,31 @@ def race_probe_class():
     class RaceProbe(HookBase):
         """Logs wall_seconds (the budget clock, evaluations included) at each log period,
         eval_wall_seconds after each evaluation, lr_effective at the log period; counts
-        host syncs in a few optimizer steps."""
+        host syncs in a few optimizer steps, and the iterations the trainer skipped for a
+        non-finite loss (`nonfinite_losses`).
+
+        The trainer puts "nonfinite_losses" into its storage at every skipped iteration;
+        the storage counts the puts without reading a value. The storage lives for one
+        process, so the count of earlier sessions of a resumed run comes from the
+        checkpoint (this hook's state_dict)."""
 
         def __init__(self, log_period: int, sync_start: int, sync_steps: int):
             self.log_period = log_period
             self.sync_start, self.sync_steps = sync_start, sync_steps
             self.sync_counter = None
             self._last_eval = None
+            self._nonfinite_before = 0  # skipped iterations of the sessions before this one
+
+        @property
+        def nonfinite_losses(self) -> int:
+            storage = getattr(self.trainer, "storage", None) if self.trainer is not None else None
+            return self._nonfinite_before + (storage.count("nonfinite_losses") if storage is not None else 0)
+
+        def state_dict(self) -> dict:
+            return {"nonfinite_losses": self.nonfinite_losses}
+
+        def load_state_dict(self, state: dict) -> None:
+            self._nonfinite_before = int(state.get("nonfinite_losses", 0))
 
         def before_step(self):
             done_before = self.trainer.iter - self.trainer.start_iter

@@ -1,232 +1,297 @@
 """A race of optimizer configs: arms x paired seeds, each run in its own process.
 
-A suite file (YAML, e.g. configs/compare/suites/cpu.yaml) lists the arms:
+The suite file (analysis.suite; e.g. configs/compare/suites/cpu.yaml) declares the
+arms, the seeds and everything the verdicts depend on, before anything runs. The
+race trains it in two stages:
 
-    title: ...
-    mode: iterations          # every run trains its config's SOLVER.MAX_ITER (equal iterations), or
-                              # wall_clock: every run gets budget_hours of SOLVER.MAX_TIME_HOURS
-    budget_hours: 0.05        # wall_clock only
-    eval_minutes: 0.5         # wall_clock only: evaluate every this many minutes
-    seeds: [0, 1, 2]          # the same seeds for every arm, so differences pair up
-    reference: zenith         # the arm the paired differences are taken against
-    set: {MODEL.DEVICE: cuda} # optional: overrides for every run, before each arm's own
-    arms:
-      - name: zenith          # its folder: <out>/<name>/seed<k>/
-        config: ../zenith.yaml  # relative to the suite file; a config with _BASE_
-        label: ZENITH
-        group: main           # main | start | eta0 | W | weight decay | ... (the report's sections)
-        seeds: [0]            # optional: fewer seeds than the suite's
-        set: {SOLVER.BASE_LR: 0.005}   # optional overrides on top of the config
-    sharpness: [zenith, sgd_multistep]   # arms whose final checkpoints get the flatness probe
+1. tuning: every arm whose lr is `{tune: [grid]}` trains each grid point on the
+   tuning seeds (never comparison seeds); `choose_lrs` then picks, per arm, the grid
+   point with the best mean primary metric over the tuning seeds. A point that
+   diverged on any tuning seed is not chosen; a missing or failed tuning run leaves
+   the choice open, and the arm (and every arm whose lr is `from` it) waits.
+2. the comparison: every arm on its comparison seeds, seed-major (every arm's first
+   seed before any arm's second, so a race cut short still has paired runs), at its
+   chosen lr (`{from: arm, times: x}`: that arm's choice times x; `fixed`: the
+   declared value; `none`: the config's, for methods without an lr).
 
-A run is done when its folder holds race_stats.json; a run with a checkpoint is
-resumed; a failed one is recorded (race_failed.json) and retried only on request.
-The report is rebuilt from what is on disk (`analysis.report`).
+Each run trains into OUT/<arm>/seed<k>/ (tuning: OUT/<arm>/tune-lr<lr>/seed<k>/). As
+each finishes, its summary is written beside the report (analysis.record): a run
+whose summary exists is not trained again, on this machine or another; a stopped one
+resumes from its checkpoint; a failed one is recorded and retried only on request.
 """
-import dataclasses
 import datetime
-import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
-from ..errors import UserError
 from ..exit_codes import PREEMPTED
 from ..utils.fileio import atomic_write_json
+from . import record
+from .record import COSTS, FAILED, SHARPNESS, STATS  # noqa: F401  (the names other modules use)
+from .suite import MODES, Arm, Run, Suite, load_suite  # noqa: F401
+from .stats import Summary
 
-STATS = "race_stats.json"
-FAILED = "race_failed.json"
-SHARPNESS = "sharpness.json"
-COSTS = "costs.json"  # the per-iteration cost of each main arm (analysis.overhead)
-MODES = ("iterations", "wall_clock")
-# What the report calls each optimizer's family (the claims compare ZENITH with each).
-HAND_MADE = ("SGD",)
+# ------------------------------------------------------------------------------------ the lrs
 
 
-@dataclasses.dataclass
-class Arm:
-    name: str
-    config: str
-    label: str
-    group: str
-    seeds: List[int]
-    overrides: Dict[str, object]
+class Choice:
+    """The tuning stage's outcome for one arm: `lr` (None while undecided), per grid point
+    (lr, Summary of the primary metric over the tuning seeds, diverged seeds, missing runs),
+    and why it is what it is."""
 
-    def run_dir(self, out: str, seed: int) -> str:
-        return os.path.join(out, self.name, f"seed{seed}")
+    def __init__(self, arm: str, lr: Optional[float], points: List[tuple], reason: str, edge: bool = False):
+        self.arm, self.lr, self.points, self.reason, self.edge = arm, lr, points, reason, edge
 
 
-@dataclasses.dataclass
-class Suite:
-    path: str
-    title: str
-    mode: str
-    seeds: List[int]
-    reference: str
-    arms: List[Arm]
-    budget_hours: float = 0.0
-    eval_minutes: float = 0.0
-    sharpness: Sequence[str] = ()
-    common: Dict[str, object] = dataclasses.field(default_factory=dict)
-
-    def arm(self, name: str) -> Arm:
-        return next(a for a in self.arms if a.name == name)
-
-    def runs(self):
-        """(arm, seed) in seed-major order: every arm's first seed before any arm's second,
-        so a race cut short still has paired runs."""
-        seeds = sorted({s for a in self.arms for s in a.seeds}, key=self.seeds.index)
-        return [(a, s) for s in seeds for a in self.arms if s in a.seeds]
-
-
-def load_suite(path: str) -> Suite:
-    """Read and check a suite file; a bad one is a UserError naming the file and the field."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the suite file ({e.strerror})")
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a YAML suite file ({str(e).splitlines()[0]})")
-    if not isinstance(raw, dict) or not isinstance(raw.get("arms"), list) or not raw["arms"]:
-        raise UserError(f"{path}: a suite needs a non-empty list `arms`")
-    here = os.path.dirname(os.path.abspath(path))
-    mode = raw.get("mode", "iterations")
-    if mode not in MODES:
-        raise UserError(f"{path}: mode {mode!r} is not one of {', '.join(MODES)}")
-    seeds = _int_list(raw.get("seeds", [0]), path, "seeds")
-    arms = []
-    for i, a in enumerate(raw["arms"]):
-        where = f"{path}: arms[{i}]"
-        if not isinstance(a, dict) or not isinstance(a.get("name"), str) or not isinstance(a.get("config"), str):
-            raise UserError(f"{where}: each arm needs `name` and `config` strings")
-        if not a["name"].replace("_", "").replace("-", "").replace(".", "").isalnum():
-            raise UserError(f"{where}: name {a['name']!r} must be letters, digits, '_', '-' or '.' (it names a folder)")
-        config = os.path.normpath(os.path.join(here, a["config"]))
-        if not os.path.isfile(config):
-            raise UserError(f"{where}: config {a['config']!r} does not exist (paths are relative to the suite file)")
-        arm_seeds = _int_list(a.get("seeds", seeds), path, f"arms[{i}].seeds")
-        if set(arm_seeds) - set(seeds):
-            raise UserError(f"{where}: seeds {sorted(set(arm_seeds) - set(seeds))} are not among the suite's seeds {seeds}")
-        overrides = a.get("set") or {}
-        if not isinstance(overrides, dict):
-            raise UserError(f"{where}: `set` must map config keys to values")
-        arms.append(Arm(a["name"], config, str(a.get("label", a["name"])), str(a.get("group", "main")), arm_seeds, overrides))
-    names = [a.name for a in arms]
-    if len(set(names)) != len(names):
-        raise UserError(f"{path}: arm names must be unique (repeated: {sorted({n for n in names if names.count(n) > 1})})")
-    reference = raw.get("reference", names[0])
-    if reference not in names:
-        raise UserError(f"{path}: reference {reference!r} is not an arm")
-    sharp = raw.get("sharpness", []) or []
-    if any(s not in names for s in sharp):
-        raise UserError(f"{path}: sharpness names arms that do not exist: {[s for s in sharp if s not in names]}")
-    budget, every = float(raw.get("budget_hours", 0.0)), float(raw.get("eval_minutes", 0.0))
-    if mode == "wall_clock" and budget <= 0:
-        raise UserError(f"{path}: mode wall_clock needs budget_hours > 0")
-    common = raw.get("set") or {}
-    if not isinstance(common, dict):
-        raise UserError(f"{path}: `set` must map config keys to values")
-    return Suite(os.path.abspath(path), str(raw.get("title", "")), mode, seeds, reference, arms, budget, every, tuple(sharp),
-                 common)
+def choose_lrs(suite: Suite, summaries: Dict[Run, dict]) -> Dict[str, Choice]:
+    """The lr of every tuned arm, from the tuning runs' summaries: the best mean primary
+    metric over the tuning seeds among the points none of whose runs diverged."""
+    metric = suite.prereg.primary_metric
+    choices = {}
+    for arm in suite.arms:
+        if arm.lr.kind != "tune":
+            continue
+        points, waiting = [], []
+        for lr in arm.lr.grid:
+            values, diverged, missing = [], [], []
+            for seed in suite.tuning.seeds:
+                run = Run(arm.name, seed, "tune", lr)
+                s = summaries.get(run)
+                if s is None or s["status"] == "failed" or (s["status"] == "ok" and metric not in s["final"]):
+                    missing.append(run.describe(suite.labels) + (" failed" if s is not None else " missing"))
+                elif s["status"] == "diverged":
+                    diverged.append(seed)
+                else:
+                    values.append(s["final"][metric])
+            points.append((lr, Summary(values), diverged, missing))
+            waiting += missing
+        if waiting:
+            choices[arm.name] = Choice(arm.name, None, points, f"undecided: {len(waiting)} tuning run(s) missing or failed "
+                                       f"({'; '.join(waiting[:3])}{' ...' if len(waiting) > 3 else ''})")
+            continue
+        eligible = [p for p in points if not p[2]]
+        if not eligible:
+            choices[arm.name] = Choice(arm.name, None, points, "every lr of the grid diverged on a tuning seed")
+            continue
+        best = max(eligible, key=lambda p: p[1].mean)  # the first of equal means, in grid order
+        edge = best[0] in (arm.lr.grid[0], arm.lr.grid[-1])
+        choices[arm.name] = Choice(arm.name, best[0], points, f"best mean {metric} {best[1].mean:.2f} at lr {best[0]:g}"
+                                   + (" (at the edge of the grid: the best lr may lie beyond it)" if edge else ""), edge)
+    return choices
 
 
-def _int_list(value, path, field) -> List[int]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, int) and v >= 0 for v in value):
-        raise UserError(f"{path}: {field} must be a non-empty list of non-negative integers, got {value!r}")
-    return list(value)
+def resolve_lr(suite: Suite, arm: Arm, choices: Dict[str, Choice]) -> Tuple[Optional[float], Optional[str]]:
+    """(lr to train the comparison at, None) or (None, why it is not known yet). An arm with
+    `lr: {none: ...}` trains at its config's lr: (None, None)."""
+    kind = arm.lr.kind
+    if kind == "fixed":
+        return arm.lr.value, None
+    if kind == "none":
+        return None, None
+    source = arm.name if kind == "tune" else arm.lr.source
+    choice = choices.get(source)
+    if choice is None or choice.lr is None:
+        return None, f"waiting for the lr of {suite.labels[source]}: " + (choice.reason if choice else "not tuned yet")
+    return choice.lr * (arm.lr.times if kind == "from" else 1.0), None
 
 
-def run_options(suite: Suite, arm: Arm, seed: int, out: str, extra: Sequence[str] = ()) -> List[str]:
-    """The KEY VALUE options of one run: the mode's settings, the arm's overrides, its seed
-    and folder, then `extra` (the command line's, for every run)."""
+def same_lr(a: Optional[float], b: Optional[float]) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9))
+
+
+# ------------------------------------------------------------------------------------ one run
+
+
+def run_options(suite: Suite, arm: Arm, seed: int, out: str, extra: Sequence[str] = (), lr: Optional[float] = None,
+                key: Optional[str] = None) -> List[str]:
+    """The KEY VALUE options of one run: the mode's settings, the suite's and the arm's
+    overrides, its lr, its seed and folder, then `extra` (the command line's, for every run)."""
     opts: List[str] = []
     if suite.mode == "iterations":
         opts += ["SOLVER.MAX_TIME_HOURS", "0.0"]  # no budget: every run trains MAX_ITER
     else:
         opts += ["SOLVER.MAX_TIME_HOURS", repr(suite.budget_hours), "TEST.EVAL_PERIOD", "0",
                  "TEST.EVAL_PERIOD_MINUTES", repr(suite.eval_minutes)]
-    for key, value in list(suite.common.items()) + list(arm.overrides.items()):
-        opts += [str(key), value if isinstance(value, str) else repr(value)]
-    opts += ["SEED", str(seed), "OUTPUT_DIR", arm.run_dir(out, seed)]
+    for k, value in list(suite.common.items()) + list(arm.overrides.items()):
+        opts += [str(k), value if isinstance(value, str) else repr(value)]
+    if lr is not None:
+        opts += ["SOLVER.BASE_LR", repr(float(lr))]
+    opts += ["SEED", str(seed), "OUTPUT_DIR", os.path.join(out, key or os.path.join(arm.name, f"seed{seed}"))]
     return opts + list(extra)
 
 
-def child_command(config: str, opts: Sequence[str], resume: bool) -> List[str]:
-    return [sys.executable, "-m", "zenith_det.analysis.race_run", config] + (["--resume"] if resume else []) + ["--"] + list(opts)
+def child_command(config: str, opts: Sequence[str], resume: bool, sharpness=None) -> List[str]:
+    cmd = [sys.executable, "-m", "zenith_det.analysis.race_run", config] + (["--resume"] if resume else [])
+    if sharpness is not None:
+        cmd += ["--sharpness-after"] + [str(v) for v in sharpness]
+    return cmd + ["--"] + list(opts)
+
+
+def _sharpness_of(suite: Suite, run: Run):
+    plan = suite.sharpness
+    if run.stage == "compare" and run.arm in plan.arms and run.seed in plan.seeds.get(run.arm, ()):
+        return plan.batches, plan.max_iters, plan.tol
+    return None
+
+
+def _record(suite: Suite, run: Run, vdir: str, opts: Sequence[str], lr, summaries: str, log) -> Optional[dict]:
+    """Write the run's summary from its folder (once it has an outcome); returns it."""
+    summary = record.build_summary(suite, run, vdir, _without_folder(opts), lr)
+    if summary is not None:
+        record.write_summary(summaries, run, summary)
+    return summary
+
+
+def _without_folder(opts: Sequence[str]) -> List[str]:
+    out, skip = [], False
+    for i, o in enumerate(opts):
+        if skip:
+            skip = False
+            continue
+        if o == "OUTPUT_DIR" and i % 2 == 0:
+            skip = True
+            continue
+        out.append(o)
+    return out
+
+
+# ------------------------------------------------------------------------------------ the runner
+
+
+class _Job:
+    def __init__(self, run: Run, vdir: str, cmd: List[str], resume: bool, done: Callable[[int], None], what: str = ""):
+        self.run, self.vdir, self.cmd, self.resume, self.done = run, vdir, cmd, resume, done
+        self.what = what or ("resuming" if resume else "training")
 
 
 def run_suite(suite: Suite, out: str, jobs: int = 1, only: Optional[Sequence[str]] = None, retry_failed: bool = False,
-              extra: Sequence[str] = (), log=None) -> Dict[str, int]:
-    """Train every run not yet done, `jobs` at a time (each with cores // jobs torch threads).
-    Returns {run folder: exit code} for the runs started now."""
+              extra: Sequence[str] = (), log=None, summaries: Optional[str] = None) -> Dict[str, int]:
+    """Train every run not yet done, `jobs` at a time (each with cores // jobs torch threads):
+    the tuning stage, then the comparison at the chosen lrs. Returns {run folder: exit code}
+    for the runs started now."""
     log = log or _say
-    pending = []
-    for arm, seed in suite.runs():
-        if only and arm.name not in only:
+    summaries = summaries or record.summaries_dir(suite, out)
+    codes: Dict[str, int] = {}
+    stopped = _run_stage(suite, out, summaries, suite.tuning_runs(), {}, jobs, only, retry_failed, extra, log, codes)
+    if stopped:
+        return codes
+    choices = choose_lrs(suite, record.read_all(suite, summaries))
+    for name, choice in choices.items():
+        log(f"[race] lr of {suite.labels[name]}: {choice.reason}")
+    _run_stage(suite, out, summaries, suite.compare_runs(), choices, jobs, only, retry_failed, extra, log, codes)
+    return codes
+
+
+def _run_stage(suite, out, summaries, runs, choices, jobs, only, retry_failed, extra, log, codes) -> bool:
+    """Train `runs` (those not done); True when the race was stopped (preempted, interrupted)."""
+    pending: List[_Job] = []
+    for run in runs:
+        if only and run.arm not in only:
             continue
-        vdir = arm.run_dir(out, seed)
-        if os.path.exists(os.path.join(vdir, STATS)):
+        arm = suite.arm(run.arm)
+        if run.stage == "tune":
+            lr, waiting = run.lr, None
+        else:
+            lr, waiting = resolve_lr(suite, arm, choices)
+        vdir = os.path.join(out, run.key)
+        summary = record.read_summary(summaries, run)
+        if summary is None and (os.path.exists(os.path.join(vdir, STATS)) or os.path.exists(os.path.join(vdir, FAILED))):
+            # trained before its summary was written (a race stopped between the two): record it now,
+            # at the lr it trained at
+            outcome = record._load_json(os.path.join(vdir, STATS)) or record._load_json(os.path.join(vdir, FAILED)) or {}
+            trained = outcome.get("base_lr", lr) if arm.lr.kind != "none" else None
+            opts = run_options(suite, arm, run.seed, out, extra, trained, run.key)
+            summary = _record(suite, run, vdir, opts, trained, summaries, log)
+        if waiting is not None:
+            if summary is None:
+                log(f"[race] {run.describe(suite.labels)}: {waiting}")
             continue
-        if os.path.exists(os.path.join(vdir, FAILED)):
-            if not retry_failed:
-                log(f"[race] {arm.name} seed {seed}: failed before ({FAILED}); --retry-failed to run again")
+        if summary is not None:
+            if not same_lr(summary.get("lr"), lr):
+                log(f"[race] {run.describe(suite.labels)}: trained at lr {summary.get('lr')}, the lr now chosen is {lr}: "
+                    "training it again")
+                _remove(record.summary_path(summaries, run), vdir)
+            elif summary["status"] == "failed":
+                if not retry_failed:
+                    log(f"[race] {run.describe(suite.labels)}: failed before; --retry-failed to run again")
+                    continue
+                _remove(record.summary_path(summaries, run), vdir)
+            else:
                 continue
-            shutil.rmtree(vdir)
         resume = os.path.exists(os.path.join(vdir, "last_checkpoint"))
         if os.path.isdir(vdir) and not resume:
             shutil.rmtree(vdir)  # killed before its first checkpoint: start clean
-        pending.append((arm, seed, resume))
+        opts = run_options(suite, arm, run.seed, out, extra, lr, run.key)
+        cmd = child_command(arm.config, opts, resume, _sharpness_of(suite, run))
+
+        def done(rc, run=run, vdir=vdir, opts=opts, lr=lr):
+            if rc != 0 and rc != PREEMPTED and not os.path.exists(os.path.join(vdir, FAILED)) \
+                    and not os.path.exists(os.path.join(vdir, STATS)):
+                atomic_write_json({"status": "failed", "returncode": rc, "error": _tail(os.path.join(vdir, "race_stdout.log"))},
+                                  os.path.join(vdir, FAILED), indent=1)
+            if rc != PREEMPTED:
+                _record(suite, run, vdir, opts, lr, summaries, log)
+
+        pending.append(_Job(run, vdir, cmd, resume, done))
+    return _execute(pending, jobs, out, log, codes, labels=suite.labels)
+
+
+def _remove(summary_file: str, vdir: str) -> None:
+    if os.path.exists(summary_file):
+        os.remove(summary_file)
+    if os.path.isdir(vdir):
+        shutil.rmtree(vdir)
+
+
+def _execute(pending: List[_Job], jobs: int, out: str, log, codes: Dict[str, int], labels=None) -> bool:
     env = _child_env(jobs)
-    running: Dict[str, subprocess.Popen] = {}
-    codes: Dict[str, int] = {}
+    running: Dict[str, Tuple[_Job, subprocess.Popen]] = {}
     started: Dict[str, float] = {}
+    stopped = False
     # SIGTERM (a scheduler, `kill`) stops the race as Ctrl-C does: each run checkpoints. The
     # handlers are set explicitly, since a shell's background job starts with SIGINT ignored.
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while pending or running:
             while pending and len(running) < max(jobs, 1):
-                arm, seed, resume = pending.pop(0)
-                vdir = arm.run_dir(out, seed)
-                os.makedirs(vdir, exist_ok=True)
-                cmd = child_command(arm.config, run_options(suite, arm, seed, out, extra), resume)
-                with open(os.path.join(vdir, "race_command.txt"), "w") as f:
-                    f.write(" ".join(cmd) + "\n")
-                log(f"[race] {arm.name} seed {seed}: {'resuming' if resume else 'training'} ({datetime.datetime.now():%H:%M:%S})")
-                with open(os.path.join(vdir, "race_stdout.log"), "a") as logf:
-                    running[vdir] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-                started[vdir] = time.perf_counter()
+                job = pending.pop(0)
+                os.makedirs(job.vdir, exist_ok=True)
+                with open(os.path.join(job.vdir, "race_command.txt"), "w") as f:
+                    f.write(" ".join(job.cmd) + "\n")
+                log(f"[race] {job.run.describe(labels or {})}: {job.what} ({datetime.datetime.now():%H:%M:%S})")
+                with open(os.path.join(job.vdir, "race_stdout.log"), "a") as logf:
+                    running[job.vdir] = (job, subprocess.Popen(job.cmd, stdout=logf, stderr=subprocess.STDOUT, env=env))
+                started[job.vdir] = time.perf_counter()
             time.sleep(0.5)
-            for vdir, proc in list(running.items()):
+            for vdir, (job, proc) in list(running.items()):
                 rc = proc.poll()
                 if rc is None:
                     continue
                 del running[vdir]
                 codes[vdir] = rc
                 log(f"[race] {os.path.relpath(vdir, out)}: exit {rc} after {time.perf_counter() - started[vdir]:.0f} s")
+                job.done(rc)
                 if rc == PREEMPTED:
                     pending.clear()
-                elif rc != 0 and not os.path.exists(os.path.join(vdir, FAILED)) and not os.path.exists(os.path.join(vdir, STATS)):
-                    atomic_write_json({"status": "failed", "returncode": rc, "error": _tail(os.path.join(vdir, "race_stdout.log"))},
-                                      os.path.join(vdir, FAILED), indent=1)
+                    stopped = True
     except KeyboardInterrupt:
         # Each run stops at its next iteration and checkpoints (exit 75); the next invocation resumes it.
         log("[race] interrupted: waiting for the runs to write their checkpoints")
-        for proc in running.values():
+        stopped = True
+        for _, proc in running.values():
             proc.send_signal(signal.SIGTERM)
-        for vdir, proc in running.items():
+        for vdir, (job, proc) in running.items():
             codes[vdir] = proc.wait()
+            job.done(codes[vdir])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return codes
+    return stopped
 
 
 def _child_env(jobs: int) -> Dict[str, str]:
@@ -243,49 +308,35 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_sharpness(suite: Suite, out: str, num_batches: int, iters: int, jobs: int = 1, log=None) -> None:
-    """The flatness probe on the final checkpoint of every finished run of the suite's
-    `sharpness` arms, `jobs` processes at a time; results in each run's sharpness.json."""
+def run_sharpness(suite: Suite, out: str, jobs: int = 1, log=None, summaries: Optional[str] = None) -> None:
+    """The flatness probe for the planned runs that finished without it (a run normally
+    probes its own final checkpoint as it ends): those whose checkpoint is on this
+    machine; the result goes into the run's summary."""
     log = log or _say
+    summaries = summaries or record.summaries_dir(suite, out)
+    plan = suite.sharpness
     todo = []
-    for name in suite.sharpness:
-        arm = suite.arm(name)
-        for seed in arm.seeds:
-            vdir = arm.run_dir(out, seed)
+    for name in plan.arms:
+        for seed in plan.seeds.get(name, ()):
+            run = Run(name, seed)
+            summary = record.read_summary(summaries, run)
+            vdir = os.path.join(out, run.key)
             ckpt = os.path.join(vdir, "model_final.pth")
-            if os.path.exists(os.path.join(vdir, STATS)) and os.path.exists(ckpt) and not os.path.exists(os.path.join(vdir, SHARPNESS)):
-                todo.append([sys.executable, "-m", "zenith_det.analysis.race_run", "--sharpness", ckpt,
-                             os.path.join(vdir, SHARPNESS), str(num_batches), str(iters)])
-    env = _child_env(jobs)
-    running: List[subprocess.Popen] = []
-    while todo or running:
-        while todo and len(running) < max(jobs, 1):
-            cmd = todo.pop(0)
-            log(f"[race] sharpness of {os.path.relpath(cmd[4], out)}")
-            running.append(subprocess.Popen(cmd, env=env))
-        time.sleep(0.5)
-        running = [p for p in running if p.poll() is None]
+            if summary is None or summary["status"] != "ok" or summary.get("sharpness") or not os.path.exists(ckpt):
+                continue
+            cmd = [sys.executable, "-m", "zenith_det.analysis.race_run", "--sharpness", ckpt, os.path.join(vdir, SHARPNESS),
+                   str(plan.batches), str(plan.max_iters), str(plan.tol)]
 
+            def done(rc, run=run, vdir=vdir, summary=summary):
+                sharp = record._load_json(os.path.join(vdir, SHARPNESS))
+                if rc == 0 and sharp:
+                    summary["sharpness"] = record._sharpness(sharp)
+                    record.write_summary(summaries, run, summary)
 
-def load_run(out: str, arm: Arm, seed: int) -> Optional[dict]:
-    """{"stats", "failed", "records", "sharpness"} of one run, or None if it never started."""
-    from .metrics import load_metrics
-
-    vdir = arm.run_dir(out, seed)
-    stats, failed, sharp = (_load_json(os.path.join(vdir, name)) for name in (STATS, FAILED, SHARPNESS))
-    metrics = os.path.join(vdir, "metrics.json")
-    records = load_metrics(metrics) if os.path.exists(metrics) else []
-    if stats is None and failed is None and not records:
-        return None
-    return {"stats": stats, "failed": failed, "records": records, "sharpness": sharp}
-
-
-def _load_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
+            todo.append(_Job(run, vdir, cmd, False, done, what="flatness probe"))
+    if todo:
+        log(f"[race] flatness probe of {len(todo)} final checkpoint(s)")
+        _execute(todo, jobs, out, log, {}, labels=suite.labels)
 
 
 def _tail(path: str, n: int = 6) -> str:

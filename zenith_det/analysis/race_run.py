@@ -1,11 +1,19 @@
 """One run of a race, in its own process (started by `analysis.race.run_suite`).
 
-    python -m zenith_det.analysis.race_run CONFIG [--resume] -- KEY VALUE ...
-    python -m zenith_det.analysis.race_run --sharpness CHECKPOINT OUT.json BATCHES ITERS
+    python -m zenith_det.analysis.race_run CONFIG [--resume] [--sharpness-after BATCHES ITERS TOL] -- KEY VALUE ...
+    python -m zenith_det.analysis.race_run --sharpness CHECKPOINT OUT.json BATCHES ITERS [TOL]
 
 Trains CONFIG with the options through the ordinary Trainer plus the race's probe
-hook, then writes race_stats.json (or race_failed.json) into OUTPUT_DIR.
+hook, then writes race_stats.json (or race_failed.json) into OUTPUT_DIR; with
+--sharpness-after, then the flatness probe of its final checkpoint (sharpness.json),
+in the same process, so a run and its probe finish together.
 Exit codes as tools/train_net.py: 0, 2 bad input, 3 diverged, 75 preempted.
+
+Beside what it trains, a run records (race_stats.json): the iterations skipped for a
+non-finite loss (the trainer's skips, counted by the probe hook over the whole run)
+and the steps the optimizer itself skipped for non-finite gradients (ZENITH counts
+them in its state: `skipped_steps()`; None for optimizers that do not), how the
+BatchNorm statistics of the evaluated weights were obtained, and the machine.
 """
 import os
 import sys
@@ -14,16 +22,35 @@ from typing import List
 
 from .. import exit_codes
 from .probes import SYNC_START, SYNC_STEPS, num_params, optimizer_state_bytes, peak_memory, race_probe_class
-from .race import FAILED, STATS
+from .race import FAILED, SHARPNESS, STATS
 
 
-def train_one(config: str, opts: List[str], resume: bool) -> int:
+def skipped_steps(trainer) -> dict:
+    """{"nonfinite_loss": iterations the trainer skipped, "nonfinite_grad": steps the optimizer
+    skipped (None where it does not count them)}."""
+    counter = getattr(trainer.optimizer, "skipped_steps", None)
+    grad = int(counter()) if callable(counter) else None
+    return {"nonfinite_loss": int(trainer.probe.nonfinite_losses), "nonfinite_grad": grad}
+
+
+def bn_at_eval(cfg, spec) -> dict:
+    """How the BatchNorm statistics of the evaluated weights come about."""
+    if cfg.TEST.PRECISE_BN.ENABLED:
+        return {"recomputed": True, "batches": cfg.TEST.PRECISE_BN.NUM_ITER, "why": "TEST.PRECISE_BN"}
+    if spec.bn_stats_at_eval_weights:
+        return {"recomputed": True, "batches": cfg.TEST.PRECISE_BN.NUM_ITER,
+                "why": f"{spec.name} evaluates weights it did not train at (its spec's bn_stats_at_eval_weights)"}
+    return {"recomputed": False, "batches": 0, "why": "the running statistics of training"}
+
+
+def train_one(config: str, opts: List[str], resume: bool, sharpness_after=None) -> int:
     import torch
 
     from ..config import load_config
     from ..engine import Trainer, default_setup, hooks
     from ..solver import lr_schedule_name
     from ..utils.fileio import atomic_write_json
+    from .record import machine_description
 
     torch.set_num_threads(int(os.environ.get("ZENITH_RACE_THREADS", torch.get_num_threads())))
     cfg = load_config(config, opts)
@@ -61,6 +88,7 @@ def train_one(config: str, opts: List[str], resume: bool) -> int:
         "schedule": lr_schedule_name(cfg),
         "base_lr": cfg.SOLVER.BASE_LR,
         "weight_decay": cfg.SOLVER.WEIGHT_DECAY,
+        "momentum": cfg.SOLVER.MOMENTUM,
         "window": cfg.SOLVER.ZENITH.WINDOW,
         "start": cfg.SOLVER.ZENITH.START,
         "seed": cfg.SEED,
@@ -81,10 +109,20 @@ def train_one(config: str, opts: List[str], resume: bool) -> int:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "code": code_version(),
+        "machine": machine_description(),
+        "log_period": cfg.LOG_PERIOD,
+        "skipped_steps": skipped_steps(trainer),
+        "bn_at_eval": bn_at_eval(cfg, trainer.optimizer_spec),
     }
     stats["state_bytes_per_param"] = stats["state_bytes"] / max(stats["num_params"], 1)
     atomic_write_json(stats, os.path.join(cfg.OUTPUT_DIR, STATS if status == "ok" else FAILED), indent=1)
-    return exit_codes.OK if status == "ok" else exit_codes.DIVERGED
+    if status != "ok":
+        return exit_codes.DIVERGED
+    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    if sharpness_after is not None and os.path.exists(final):
+        batches, iters, tol = sharpness_after
+        sharpness_one(final, os.path.join(cfg.OUTPUT_DIR, SHARPNESS), batches, iters, tol)
+    return exit_codes.OK
 
 
 def code_version() -> str:
@@ -103,14 +141,14 @@ def code_version() -> str:
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
-def sharpness_one(checkpoint: str, out: str, num_batches: int, iters: int) -> int:
+def sharpness_one(checkpoint: str, out: str, num_batches: int, iters: int, tol: float = 0.02) -> int:
     import torch
 
     from ..utils.fileio import atomic_write_json
     from .sharpness import checkpoint_sharpness
 
     torch.set_num_threads(int(os.environ.get("ZENITH_RACE_THREADS", torch.get_num_threads())))
-    atomic_write_json(checkpoint_sharpness(checkpoint, num_batches, iters), out, indent=1)
+    atomic_write_json(checkpoint_sharpness(checkpoint, num_batches, iters, tol), out, indent=1)
     return exit_codes.OK
 
 
@@ -123,12 +161,17 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--sharpness"]:
         ckpt, out, batches, iters = argv[1:5]
-        return run_guarded(lambda _: sharpness_one(ckpt, out, int(batches), int(iters)), args)
+        tol = float(argv[5]) if len(argv) > 5 else 0.02
+        return run_guarded(lambda _: sharpness_one(ckpt, out, int(batches), int(iters), tol), args)
     config, rest = argv[0], argv[1:]
     resume = rest[:1] == ["--resume"]
     rest = rest[1:] if resume else rest
+    sharpness_after = None
+    if rest[:1] == ["--sharpness-after"]:
+        sharpness_after = (int(rest[1]), int(rest[2]), float(rest[3]))
+        rest = rest[4:]
     opts = rest[1:] if rest[:1] == ["--"] else rest
-    return run_guarded(lambda _: train_one(config, opts, resume), args)
+    return run_guarded(lambda _: train_one(config, opts, resume, sharpness_after), args)
 
 
 if __name__ == "__main__":

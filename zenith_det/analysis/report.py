@@ -1,73 +1,224 @@
-"""The race's report: verdicts per claim, tables and figures, every figure computed from the runs.
+"""The race's report: the pre-registration, the verdicts, the power calculation, tables and
+figures, every number computed from the runs' summaries (analysis.record).
 
-Nothing stating a result is written by hand: each number and each verdict comes
-from the runs on disk (race_stats.json, metrics.json, sharpness.json, costs.json),
-so a rerun cannot leave stale prose behind.
+Nothing stating a result is written by hand, and nothing is read from the run
+folders: the report is rebuilt from the summaries alone (and costs.json beside them),
+so `tools/compare.py --report-only` regenerates it anywhere the summaries are.
 """
+import itertools
 import json
 import math
 import os
-import platform
+import statistics
 from collections import OrderedDict
-from typing import Dict, List
+from typing import List
 
 from ..utils.fileio import atomic_write_text
-from . import race
-from .metrics import series
-from .overhead import ratio_summary, within_noise
-from .stats import Summary, paired_differences, single_run_noise
-from .verdicts import PRIMARY, RaceResults, claim_rows
+from . import record
+from .power import power_paired_t, power_tost, seeds_for
+from .stats import Summary, t975
+from .suite import EQUIVALENCE_GROUPS, Suite
+from .verdicts import (METRIC_NAMES, SECONDARY, RaceResults, claim_rows, equivalence, normalized_sharpness, pair, sharpness_of,
+                       start_decision, start_name)
 
 METRICS = (("bbox/AP", "box AP"), ("bbox/AP50", "box AP50"), ("segm/AP", "mask AP"), ("segm/AP50", "mask AP50"))
 GROUP_TITLES = OrderedDict([
-    ("main", "ZENITH against hand-made schedules and automatic-LR methods"),
+    ("main", "ZENITH against hand-made schedules, each at its own tuned lr"),
+    ("automatic", "ZENITH against automatic-LR methods"),
     ("start", "how ZENITH's window starts"),
     ("eta0", "sensitivity to the learning rate eta0"),
     ("W", "sensitivity to the window W"),
-    ("weight decay", "weight decay 1e-4 against 0"),
+    ("weight decay", "weight decay against none"),
 ])
 
 
-def final_metrics(records) -> dict:
-    """The last evaluation's value of each metric."""
-    out = {}
-    for key, _ in METRICS:
-        _, ys = series(records, key)
-        if ys:
-            out[key] = ys[-1]
-    return out
+def collect(suite: Suite, summaries: str) -> RaceResults:
+    """The results of every declared run whose summary is in `summaries`."""
+    return RaceResults(suite, record.read_all(suite, summaries), summaries)
 
 
-def collect(suite, out: str):
-    """(RaceResults, {arm: {seed: run}}) from what is on disk; only finished runs count."""
-    runs: Dict[str, Dict[int, dict]] = OrderedDict()
-    finals, optimizers, sharp, diverged = OrderedDict(), {}, {}, {}
+def _seed_text(seeds) -> str:
+    seeds = list(seeds)
+    if len(seeds) > 3 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def _lr_used(res: RaceResults, arm: str) -> str:
+    lr, waiting = res.lrs[arm]
+    if waiting is not None:
+        return "not chosen yet"
+    if lr is None:
+        return "the method's own"
+    return f"{lr:g}"
+
+
+# ------------------------------------------------------------------------------ sections
+
+
+def prereg_lines(res: RaceResults) -> List[str]:
+    suite, p = res.suite, res.suite.prereg
+    lines = [f"Declared in `{_rel(suite.path)}` before the runs; the verdicts follow these, not the data.", "",
+             f"- **Primary metric**: {METRIC_NAMES[p.primary_metric]} (`{p.primary_metric}`) of the final evaluation; "
+             f"{METRIC_NAMES[SECONDARY]} is reported beside it, untested.",
+             f"- **Alpha**: {p.alpha:g}, two-sided; **correction**: {p.correction.capitalize()} within each claim's family of "
+             "comparisons.",
+             f"- **Comparison seeds**: {_seed_text(suite.seeds)} ({len(suite.seeds)}); each arm runs the first of them it "
+             "declares, so every comparison pairs its runs by seed."]
+    if suite.tuning:
+        lines.append(f"- **Tuning seeds** (lr choice only, never compared): {_seed_text(suite.tuning.seeds)}; every tuned arm "
+                     f"has a grid of {suite.tuning.grid_size} lrs; the chosen lr is the best mean {METRIC_NAMES[p.primary_metric]} "
+                     "over the tuning seeds among the points that did not diverge on any of them.")
+    for group in EQUIVALENCE_GROUPS:
+        if group in p.margins:
+            lines.append(f"- **Equivalence margin, {group}**: ±{p.margins[group]:g} {METRIC_NAMES[p.primary_metric]} (TOST).")
+    if p.start_default:
+        lines.append(f"- **Start-up default**: `{p.start_default}`, kept unless another choice wins beyond the noise.")
+    if suite.sharpness.arms:
+        lines.append(f"- **Flatness**: power iteration to a relative residual of {suite.sharpness.tol:g} (at most "
+                     f"{suite.sharpness.max_iters} iterations, {suite.sharpness.batches} batches); compared only between final "
+                     f"step sizes within {p.flatness_max_lr_ratio:g}x.")
+    lines.append(f"- **Weight decay**: testable where it shrinks the weights by at least {100 * p.weight_decay_min_shrink:g}% "
+                 "over a run.")
+    if suite.common:
+        lines.append("- **Every run**: " + ", ".join(f"`{k} {v}`" for k, v in suite.common.items()) + ".")
+    lines += ["", "| arm | group | seeds | how its lr is chosen | lr |", "|---|---|---|---|---|"]
+    tuning_seeds = suite.tuning.seeds if suite.tuning else ()
     for arm in suite.arms:
-        for seed in arm.seeds:
-            run = race.load_run(out, arm, seed)
-            if run is None:
+        lines.append(f"| {arm.label} | {arm.group} | {len(arm.seeds)} | {arm.lr.describe(res.labels, tuning_seeds)} | "
+                     f"{_lr_used(res, arm.name)} |")
+    return lines
+
+
+def problem_lines(res: RaceResults) -> List[str]:
+    problems = res.problems()
+    missing_probes = []
+    plan = res.suite.sharpness
+    for arm in plan.arms:
+        for seed in plan.seeds.get(arm, ()):
+            if res.status(arm, seed) == "ok":
+                sharp = res.summary(arm, seed).get("sharpness")
+                if not sharp:
+                    missing_probes.append(f"{res.labels[arm]} seed {seed}: flatness probe missing")
+                elif not sharp.get("converged"):
+                    missing_probes.append(f"{res.labels[arm]} seed {seed}: flatness probe not settled "
+                                          f"(residual {sharp['residuals'][-1]:.2g} > {sharp.get('tol', plan.tol):g})")
+    if not problems and not missing_probes:
+        return ["None: every declared run has its summary, and every planned flatness probe settled."]
+    total = len(res.suite.all_runs())
+    lines = [f"{len(problems)} of {total} declared runs are missing, failed or stale; a verdict that needed one is "
+             "undecided (diverged runs are not here: they are an outcome, in the diverged columns)."]
+    if problems:
+        lines += [""] + [f"- {p}" for p in problems[:60]]
+        if len(problems) > 60:
+            lines.append(f"- ... and {len(problems) - 60} more")
+    if missing_probes:
+        lines += [""] + [f"- {p}" for p in missing_probes]
+    return lines
+
+
+def _family_tests(res: RaceResults, group: str):
+    """(number of tests, seeds per test (min), kind) of a group's family."""
+    ref = res.reference
+    arms = res.arms(group)
+    if group == "start":
+        members = [ref] + arms
+        pairs = list(itertools.combinations(members, 2))
+    elif group == "main":
+        pairs = [(ref, a) for a in arms if a != ref]
+    elif group == "weight decay":
+        pairs = [(res.main_partner(a) or ref, a) for a in arms]
+    else:
+        pairs = [(a, ref) for a in arms]
+    if not pairs:
+        return 0, 0
+    n = min(len([s for s in res.suite.arm(a).seeds if s in res.suite.arm(b).seeds]) for a, b in pairs)
+    return len(pairs), n
+
+
+def power_lines(res: RaceResults) -> List[str]:
+    plan = res.suite.power
+    p = res.suite.prereg
+    lines = [f"Seed counts chosen before the runs to reach power {plan.target:g}: the probability that a test of the "
+             f"family rejects when the true difference is the effect (superiority: {plan.effect:g} "
+             f"{METRIC_NAMES[p.primary_metric]}) or zero (equivalence: within the margin). Each test is planned at Holm's "
+             "first threshold, alpha / m, with the paired SD below; power from the noncentral t (superiority) and from the "
+             "exact TOST probability (equivalence).", ""]
+    for sd in plan.paired_sd.values():
+        if sd.intervals:
+            t = t975(sd.n - 1)
+            each = [(hi - lo) / 2 * math.sqrt(sd.n) / t for lo, hi in sd.intervals]
+            how = (f" from the 95% interval{'s' if len(each) > 1 else ''} "
+                   + ", ".join(f"[{lo:+g}, {hi:+g}]" for lo, hi in sd.intervals)
+                   + f" of {sd.n} paired seeds: SD = half-width × √{sd.n} / t(0.975, {sd.n - 1}) = half-width × "
+                   f"{math.sqrt(sd.n) / t:.4f}")
+            if len(each) > 1:
+                how += " = " + ", ".join(f"{e:.2f}" for e in each) + ", pooled as √(mean of the squares)"
+        else:
+            how = " (declared)"
+        lines.append(f"- paired SD `{sd.name}`: {sd.sd:.2f}{how}" + (f". {sd.source}" if sd.source else ""))
+    lines += ["", "| group | tests (m) | test | paired SD | alpha / m | effect or margin | seeds | power | seeds for the target |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for group, sd_name in plan.families.items():
+        m, n = _family_tests(res, group)
+        if not m:
+            continue
+        sd = plan.paired_sd[sd_name].sd
+        a = p.alpha / m
+        if group in EQUIVALENCE_GROUPS:
+            margin = p.margins[group]
+            pw = power_tost(n, margin, sd, a)
+            need = seeds_for(plan.target, lambda k: power_tost(k, margin, sd, a), stop=500)
+            kind, size = "TOST", f"±{margin:g}"
+        else:
+            pw = power_paired_t(n, plan.effect, sd, a)
+            need = seeds_for(plan.target, lambda k: power_paired_t(k, plan.effect, sd, a), stop=500)
+            kind, size = "paired t", f"{plan.effect:g}"
+        lines.append(f"| {group} | {m} | {kind} | {sd:.2f} (`{sd_name}`) | {a:.4g} | {size} | {n} | {pw:.2f} | {need} |")
+    for group, reason in plan.unpowered.items():
+        m, n = _family_tests(res, group)
+        if m:
+            lines.append(f"| {group} | {m} | paired t | – | {p.alpha / m:.4g} | – | {n} | not planned | – |")
+    if plan.unpowered:
+        lines += [""] + [f"- **{group}** is not powered: {reason}" for group, reason in plan.unpowered.items()]
+    observed = []
+    for group in plan.families:
+        for a in res.arms(group):
+            if a == res.reference:
                 continue
-            runs.setdefault(arm.name, {})[seed] = run
-            failed = run["failed"] or {}
-            if failed.get("status") == "diverged":
-                diverged.setdefault(arm.name, {})[seed] = failed.get("iterations")
-                optimizers.setdefault(arm.name, failed.get("optimizer"))
-            if run["stats"]:
-                finals.setdefault(arm.name, {})[seed] = final_metrics(run["records"])
-                optimizers[arm.name] = run["stats"]["optimizer"]
-                if run["sharpness"]:
-                    sharp.setdefault(arm.name, {})[seed] = run["sharpness"]
-    return RaceResults(suite, finals, optimizers, sharp, diverged), runs
+            other = (res.main_partner(a) or res.reference) if group == "weight decay" else res.reference
+            pg = pair(res, a, other)
+            if pg.diff.n > 2:
+                observed.append(f"{res.labels[a]} − {res.labels[other]} {pg.diff.sd:.2f} (n={pg.diff.n})")
+    if observed:
+        lines += ["", "Paired SDs observed in this race (for the next plan, not for these verdicts): " + "; ".join(observed) + "."]
+    return lines
 
 
-def _cell(res, arm, key) -> str:
+def tuning_lines(res: RaceResults) -> List[str]:
+    if not res.choices:
+        return ["No arm tunes its lr in this suite."]
+    metric = METRIC_NAMES[res.metric]
+    lines = [f"| arm | lr | {metric} (tuning seeds) | diverged | missing or failed | chosen |", "|---|---|---|---|---|---|"]
+    for name, choice in res.choices.items():
+        for lr, values, diverged, missing in choice.points:
+            chosen = "**yes**" + (" (edge of the grid)" if choice.edge else "") if choice.lr == lr else ""
+            lines.append(f"| {res.labels[name]} | {lr:g} | {values.fmt(1)} | {len(diverged) or ''} | {len(missing) or ''} | "
+                         f"{chosen} |")
+    undecided = [f"{res.labels[n]}: {c.reason}" for n, c in res.choices.items() if c.lr is None]
+    if undecided:
+        lines += [""] + [f"- {u}" for u in undecided]
+    return lines
+
+
+def _cell(res: RaceResults, arm: str, key: str) -> str:
     return Summary(list(res.values(arm, key).values())).fmt(1)
 
 
-def _diff_cell(res, arm, key) -> str:
+def _diff_cell(res: RaceResults, arm: str, key: str) -> str:
     if arm == res.reference:
         return "–"
-    d = paired_differences(res.values(arm, key), res.values(res.reference, key))
+    d = pair(res, arm, res.reference, key).diff
     if d.n == 0:
         return "–"
     if d.n == 1:
@@ -76,43 +227,85 @@ def _diff_cell(res, arm, key) -> str:
     return f"{d.mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 
-def arm_table(res: RaceResults, runs, arms: List[str]) -> List[str]:
-    head = ["arm", "optimizer", "seeds"] + [name for _, name in METRICS] + [
-        "Δ box AP (arm − ZENITH)", "Δ box AP50 (arm − ZENITH)", "iters", "s / iter", "state B/param", "syncs / step"]
+def _skipped(res: RaceResults, arm: str) -> str:
+    loss = grad = 0
+    counted = False
+    for seed in res.suite.arm(arm).seeds:
+        s = res.summary(arm, seed)
+        if s is None or res.status(arm, seed) not in ("ok", "diverged") or not s.get("skipped_steps"):
+            continue
+        counted = True
+        loss += s["skipped_steps"].get("nonfinite_loss") or 0
+        grad += s["skipped_steps"].get("nonfinite_grad") or 0
+    return f"{loss} / {grad}" if counted else "–"
+
+
+def _bn(summary: dict) -> str:
+    bn = summary.get("bn_at_eval") or {}
+    if not bn:
+        return "?"
+    return f"recomputed ({bn.get('batches')} batches)" if bn.get("recomputed") else "training's running statistics"
+
+
+def arm_table(res: RaceResults, arms: List[str]) -> List[str]:
+    metric = METRIC_NAMES[res.metric]
+    head = (["arm", "optimizer", "lr", "runs"] + [name for _, name in METRICS]
+            + [f"Δ {metric} (arm − {res.labels[res.reference]})", f"Δ {METRIC_NAMES[SECONDARY]}", "diverged",
+               "skipped steps (loss / grad)", "iters", "s / iter", "state B/param", "syncs / step"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for arm in arms:
-        arm_runs = runs.get(arm, {})
-        stats = [r["stats"] for r in arm_runs.values() if r["stats"]]
-        failed = [s for s, r in arm_runs.items() if r["failed"]]
-        label = res.labels[arm] + (f" **(failed: seed {', '.join(map(str, failed))})**" if failed else "")
+        ok = res.ok_summaries(arm)
+        stats = [s.get("stats", {}) for s in ok]
         syncs = sorted({c for st in stats for c in st.get("syncs_per_step") or []})
-        row = [label, stats[0]["optimizer"] if stats else "–", str(len(stats))]
+        gone = res.diverged(arm)
+        steps = [st["step_seconds_median"] for st in stats if st.get("step_seconds_median")]
+        row = [res.labels[arm], res.optimizer(arm) or "–", _lr_used(res, arm), f"{len(ok)}/{len(res.suite.arm(arm).seeds)}"]
         row += [_cell(res, arm, key) for key, _ in METRICS]
-        row += [_diff_cell(res, arm, PRIMARY), _diff_cell(res, arm, "bbox/AP50")]
-        row += [
-            "/".join(sorted({str(st["iterations"]) for st in stats})) or "–",
-            f"{Summary([st['step_seconds_median'] for st in stats if st.get('step_seconds_median')]).mean:.3f}" if stats else "–",
-            f"{stats[0]['state_bytes_per_param']:.2f}" if stats else "–",
-            ("–" if not syncs else str(syncs[0]) if len(syncs) == 1 else f"{syncs[0]}–{syncs[-1]}"),
-        ]
+        row += [_diff_cell(res, arm, res.metric), _diff_cell(res, arm, SECONDARY), str(len(gone)) if gone else "0",
+                _skipped(res, arm)]
+        row += ["/".join(sorted({str(st.get("iterations")) for st in stats})) or "–",
+                f"{statistics.fmean(steps):.3f}" if steps else "–",
+                f"{stats[0]['state_bytes_per_param']:.2f}" if stats and "state_bytes_per_param" in stats[0] else "–",
+                "–" if not syncs else str(syncs[0]) if len(syncs) == 1 else f"{syncs[0]}–{syncs[-1]}"]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
-def cost_lines(res: RaceResults, out: str) -> List[str]:
-    path = os.path.join(out, race.COSTS)
+def bn_lines(res: RaceResults) -> List[str]:
+    """Whether every arm's evaluated weights got the same BatchNorm treatment, and which did not."""
+    kinds = {}
+    for arm in res.suite.arms:
+        for s in res.ok_summaries(arm.name):
+            kinds.setdefault(_bn(s), set()).add(arm.name)
+    if not kinds:
+        return []
+    if len(kinds) == 1:
+        return [f"BatchNorm at evaluation, every arm: {next(iter(kinds))} at the evaluated weights."]
+    lines = ["BatchNorm at evaluation is not the same for every arm:"]
+    for kind, arms in kinds.items():
+        why = sorted({(s.get("bn_at_eval") or {}).get("why", "?") for a in arms for s in res.ok_summaries(a)})
+        names = [a.name for a in res.suite.arms if a.name in arms]
+        lines.append(f"- {kind}: {', '.join(res.labels[a] for a in names)} ({'; '.join(why)})")
+    return lines
+
+
+def cost_lines(res: RaceResults, summaries: str) -> List[str]:
+    path = os.path.join(summaries, record.COSTS)
     if not os.path.exists(path):
         return ["Not measured (run without --cost-rounds 0)."]
+    from .overhead import ratio_summary, within_noise
+
     with open(path) as f:
         data = json.load(f)
     costs = data["costs"]
-    hand = [a for a in costs if res.optimizers.get(a) == "SGD"]
+    hand = [a for a in costs if res.optimizer(a) == "SGD"]
     peer = hand[0] if hand else data["peer"]
     steps = ratio_summary(costs, peer, "step_seconds")
     iters = ratio_summary(costs, peer, "iteration_seconds")
+    label = lambda a: res.labels.get(a, a)
     lines = [
         f"{data['rounds']} rounds, each arm {data['block']} iterations per round in turn, on one fixed batch, "
-        f"{data['threads']} torch thread(s) (a race run's share of the cores); ratios to {res.labels.get(peer, peer)}, "
+        f"{data['threads']} torch thread(s) (a race run's share of the cores); ratios to {label(peer)}, "
         "median over rounds with the lowest and highest round in brackets. A range that covers 1.00 is within the "
         "round-to-round noise.",
         "",
@@ -122,170 +315,195 @@ def cost_lines(res: RaceResults, out: str) -> List[str]:
     for arm in costs:
         s, i = steps[arm], iters[arm]
         lines.append(
-            f"| {res.labels.get(arm, arm)} | {1000 * s['median_seconds']:.1f} | {s['ratio_median']:.2f} "
+            f"| {label(arm)} | {1000 * s['median_seconds']:.1f} | {s['ratio_median']:.2f} "
             f"[{s['ratio_min']:.2f}, {s['ratio_max']:.2f}]{' (noise)' if arm != peer and within_noise(s) else ''} | "
             f"{i['median_seconds']:.3f} | {i['ratio_median']:.2f} [{i['ratio_min']:.2f}, {i['ratio_max']:.2f}]"
             f"{' (noise)' if arm != peer and within_noise(i) else ''} |")
     ref = res.reference
-    if ref in iters:
-        lines += ["", f"ZENITH's whole iteration costs {iters[ref]['ratio_median']:.2f}x {res.labels.get(peer, peer)}'s "
+    if ref in iters and ref != peer:
+        lines += ["", f"{label(ref)}'s whole iteration costs {iters[ref]['ratio_median']:.2f}x {label(peer)}'s "
                   f"[{iters[ref]['ratio_min']:.2f}, {iters[ref]['ratio_max']:.2f}]" +
                   (", within the noise: at this scale equal iterations are equal wall-clock for the two."
                    if within_noise(iters[ref]) else
-                   f": at equal wall-clock ZENITH would get {1 / iters[ref]['ratio_median']:.2f}x the iterations.")]
+                   f": at equal wall-clock it would get {1 / iters[ref]['ratio_median']:.2f}x the iterations.")]
     return lines
 
 
 def start_lines(res: RaceResults) -> List[str]:
     arms = [res.reference] + res.arms("start")
-    lines = ["| start | box AP | Δ vs partial (paired) | box AP50 | Δ AP50 |", "|---|---|---|---|---|"]
-    best, best_mean = res.reference, -math.inf
+    metric = METRIC_NAMES[res.metric]
+    lines = [f"| arm | start | runs | {metric} | Δ vs {res.labels[res.reference]} (paired) | {METRIC_NAMES[SECONDARY]} | "
+             "diverged |", "|---|---|---|---|---|---|---|"]
     for arm in arms:
-        m = Summary(list(res.values(arm).values()))
-        lines.append(f"| {res.labels[arm]} | {m.fmt()} | {_diff_cell(res, arm, PRIMARY)} | {_cell(res, arm, 'bbox/AP50')} | "
-                     f"{_diff_cell(res, arm, 'bbox/AP50')} |")
-        if m.n and m.mean > best_mean:
-            best, best_mean = arm, m.mean
-    if best != res.reference:
-        d = paired_differences(res.values(best), res.values(res.reference))
-        lo, _ = d.ci95()
-        verdict = ("ahead of partial beyond the noise" if lo > 0 else "ahead of partial by less than the noise")
-        lines += ["", f"Highest mean: {res.labels[best]}, {verdict} ({d.mean:+.1f} AP, interval from {lo:+.1f})."]
-    elif len(arms) > 1:
-        lines += ["", "Highest mean: partial, the default."]
+        lines.append(f"| {res.labels[arm]} | {start_name(res, arm)} | {len(res.ok_summaries(arm))}/{len(res.suite.arm(arm).seeds)} | "
+                     f"{_cell(res, arm, res.metric)} | {_diff_cell(res, arm, res.metric)} | {_cell(res, arm, SECONDARY)} | "
+                     f"{len(res.diverged(arm))} |")
+    d = start_decision(res)
+    lines += ["", f"Every pair, Holm: {d['numbers']}.", "", f"**Decision: {d['verdict']}.**"]
     return lines
 
 
-def grid_lines(res: RaceResults, runs, group: str, key_name: str, key: str) -> List[str]:
-    seed = res.suite.seeds[0]
-    lines = [f"| arm | optimizer | {key_name} | box AP (seed {seed}) | box AP50 |", "|---|---|---|---|---|"]
-    arms = res.arms(group)
-    partners = []
-    for a in arms:
-        p = res.main_partner(a)
-        if p and p not in partners:
-            partners.append(p)
-    for arm in partners + [a.name for a in res.suite.arms if a.group == group]:
-        v, v50 = res.values(arm).get(seed), res.values(arm, "bbox/AP50").get(seed)
-        gone = res.diverged.get(arm, {})
-        ap = f"diverged at iteration {gone[seed]}" if seed in gone else "–" if v is None else f"{v:.1f}"
-        setting = _setting(runs, arm, key)
-        lines.append(f"| {res.labels[arm]} | {res.optimizers.get(arm, '–')} | {setting} | "
-                     f"{ap} | {'–' if v50 is None else f'{v50:.1f}'} |")
+def grid_lines(res: RaceResults, group: str) -> List[str]:
+    """Each setting against the reference: the equivalence test, and for eta0 the effective lr."""
+    tost, beyond, margin = equivalence(res, group)
+    metric = METRIC_NAMES[res.metric]
+    key = "base_lr" if group == "eta0" else "window"
+    head = ["arm", "eta0" if group == "eta0" else "W"] + (["final effective lr", "multiplier"] if group == "eta0" else []) + [
+        "runs", metric, f"Δ vs {res.labels[res.reference]} [95%]", "p(equivalent), Holm", f"p(beyond ±{margin:g}), Holm",
+        "diverged"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    rows = [(res.reference, None, None)] + [(t.pairing.a, t, b) for t, b in zip(tost, beyond)]
+    for arm, t, b in rows:
+        ok = res.ok_summaries(arm)
+        setting = sorted({f"{s['stats'][key]:g}" for s in ok if s.get("stats", {}).get(key) is not None})
+        row = [res.labels[arm], "/".join(setting) or _lr_used(res, arm)]
+        if group == "eta0":
+            eff = [s["lr_effective_final"] for s in ok if s.get("lr_effective_final") is not None]
+            base = [s["stats"]["base_lr"] for s in ok if s.get("stats", {}).get("base_lr")]
+            mean_eff = statistics.fmean(eff) if eff else None
+            row += [f"{mean_eff:.3g}" if mean_eff is not None else "–",
+                    f"{mean_eff / statistics.fmean(base):.3f}" if mean_eff is not None and base else "–"]
+        row += [f"{len(ok)}/{len(res.suite.arm(arm).seeds)}", _cell(res, arm, res.metric),
+                _diff_cell(res, arm, res.metric),
+                "–" if t is None else ("incomplete" if not t.pairing.complete else f"{t.p_adj:.3g}"),
+                "–" if b is None else ("incomplete" if not b.pairing.complete else f"{b.p_adj:.3g}"),
+                str(len(res.diverged(arm)))]
+        lines.append("| " + " | ".join(row) + " |")
+    if group == "eta0":
+        lines += ["", "ZENITH's step is eta0 times its multiplier m_t: the effective lr, not eta0, is what a step "
+                  "takes; the multiplier column is the final effective lr over eta0."]
     return lines
-
-
-_STATS_KEYS = {"SOLVER.BASE_LR": "base_lr", "SOLVER.ZENITH.WINDOW": "window"}
-
-
-def _setting(runs, arm, key) -> str:
-    """The value of `key` the arm's runs trained with (from their race_stats.json)."""
-    stats = [r["stats"] or r["failed"] for r in runs.get(arm, {}).values() if r["stats"] or r["failed"]]
-    values = sorted({f"{st[_STATS_KEYS[key]]:g}" for st in stats if st.get(_STATS_KEYS[key]) is not None})
-    return "/".join(values) or "–"
 
 
 def flatness_lines(res: RaceResults) -> List[str]:
-    if not res.sharpness:
+    plan = res.suite.sharpness
+    if not plan.arms:
         return ["Not measured."]
-    lines = ["The power iteration's last five estimates are given as a range: their spread is how far the "
-             "estimate is from settled.", "",
-             "| arm | seed | top eigenvalue | last 5 estimates | power iterations | final step size | 2(1+beta)/eta_final |",
-             "|---|---|---|---|---|---|---|"]
-    for arm, per_seed in res.sharpness.items():
-        for seed, s in sorted(per_seed.items()):
-            lr, implied = s.get("lr"), s.get("lr_implied")
-            tail = s["estimates"][-5:]
-            lines.append(f"| {res.labels[arm]} | {seed} | {s['eigenvalue']:.1f} | {min(tail):.1f}–{max(tail):.1f} | "
-                         f"{len(s['estimates'])} | "
-                         f"{'–' if lr is None else f'{lr:.3g}'} | {'–' if implied is None else f'{implied:.0f}'} |")
-    return lines
+    lines = [f"Power iteration until the relative residual ‖Hv − λv‖/|λ| is at most {plan.tol:g} (at most "
+             f"{plan.max_iters} iterations): a settled estimate lies within that fraction of an eigenvalue. The curvature "
+             "a run can settle at scales with 1/lr, so the final step size stands beside each estimate, with the "
+             "eigenvalue as a share of 2(1+β)/η_final.", "",
+             "| arm | seed | top eigenvalue | power iterations | residual | settled | final step size | 2(1+β)/η_final | "
+             "share of 2(1+β)/η |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    any_rows = False
+    for arm in plan.arms:
+        for seed, s in sorted(sharpness_of(res, arm).items()):
+            any_rows = True
+            lr, implied, share = s.get("lr"), s.get("lr_implied"), normalized_sharpness(s)
+            lines.append(f"| {res.labels[arm]} | {seed} | {s['eigenvalue']:.1f} | {len(s.get('estimates', []))} | "
+                         f"{s['residuals'][-1]:.2g} | {'yes' if s.get('converged') else '**no**'} | "
+                         f"{'–' if lr is None else f'{lr:.3g}'} | "
+                         f"{'–' if implied is None or not math.isfinite(implied) else f'{implied:.0f}'} | "
+                         f"{'–' if share is None else f'{share:.3f}'} |")
+    return lines if any_rows else ["Not measured yet."]
 
 
-def machine_description() -> str:
-    import torch
+def setup_lines(res: RaceResults) -> List[str]:
+    suite = res.suite
+    finished = [s for s in res.summaries.values() if s["status"] in ("ok", "diverged")]
+    machines = sorted({s.get("machine", "unknown") for s in finished})
+    commits = sorted({s.get("commit", "unknown") for s in finished})
+    threads = sorted({str(s.get("stats", {}).get("threads")) for s in finished if s.get("stats", {}).get("threads")})
+    devices = sorted({str(s.get("stats", {}).get("device")) for s in finished if s.get("stats", {}).get("device")})
+    iters = sorted({s.get("stats", {}).get("iterations") for s in finished if s["status"] == "ok"} - {None})
+    lines = [f"- **Machine(s)**: {'; '.join(machines) or '–'}; {'/'.join(threads) or '?'} torch thread(s) per run, "
+             f"device `{'/'.join(devices) or '?'}`.",
+             f"- **Mode**: {suite.mode.replace('_', ' ')}; {len(finished)} finished runs (tuning included) of "
+             f"{len(suite.all_runs())} declared; iterations per run: {', '.join(map(str, iters)) or '–'}.",
+             f"- **Code**: commit(s) {', '.join(commits) or '–'} (\"+changes\": the tree had uncommitted changes).",
+             f"- **Arms**: `configs/compare/*.yaml`, listed in `{_rel(suite.path)}`; the data behind this page: "
+             f"`{_rel(res.summaries_dir or '')}`."]
+    sd = res.seed_noise()
+    if sd is not None:
+        lines.append(f"- **Seed noise**: the seed-to-seed SD of final {METRIC_NAMES[res.metric]}, pooled over every arm, "
+                     f"is {sd:.1f} points.")
+    return lines + [""] + bn_lines(res)
 
-    cpu = platform.processor() or platform.machine()
+
+def _rel(path: str) -> str:
     try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+        rel = os.path.relpath(path, os.getcwd())
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
 
 
-def write_report(suite, out: str, path: str, command: str, notes: str = "") -> None:
+def figure_lines(res: RaceResults, report_dir: str, fig_dir: str) -> List[str]:
     from .figures import plot_runs
 
-    res, runs = collect(suite, out)
-    report_dir = os.path.dirname(os.path.abspath(path))
-    any_stats = next((r["stats"] for per in runs.values() for r in per.values() if r["stats"]), {}) or {}
-    sd = res.seed_noise()
-    iters = sorted({r["stats"]["iterations"] for per in runs.values() for r in per.values() if r["stats"]})
-    windows = sorted({r["stats"]["window"] for a, per in runs.items() for r in per.values()
-                      if r["stats"] and r["stats"]["optimizer"] == "ZENITH"})
-    n_runs = sum(1 for per in runs.values() for r in per.values() if r["stats"])
-    lines = [f"# {suite.title or 'Optimizer race'}", "",
-             "Generated by `tools/compare.py` from the runs on disk; rerun (finished runs are kept) with:", "",
-             "```bash", command, "```", "", "## Verdict per claim", "",
-             "| claim | test | numbers (box AP points; [95% interval] over paired seeds) | verdict |", "|---|---|---|---|"]
-    for row in claim_rows(res):
-        lines.append(f"| {row['claim']} | {row['test']} | {row['numbers']} | **{row['verdict']}** |")
-    lines += [""]
-    if sd is not None:
-        lines.append(f"Seed noise: the seed-to-seed standard deviation of final box AP, pooled over every arm run with "
-                     f"several seeds, is {sd:.1f} points; two single runs closer than {single_run_noise(sd):.1f} points "
-                     "cannot be told apart.")
-    lines += ["", "## Setup", "",
-              f"- **Machine**: {machine_description()}; {any_stats.get('threads', '?')} torch thread(s) per run, "
-              f"device `{any_stats.get('device', '?')}`.",
-              f"- **Mode**: {suite.mode.replace('_', ' ')}; {n_runs} finished runs; iterations per run: "
-              f"{', '.join(map(str, iters)) or '–'}; seeds {suite.seeds} (the same for every arm, so runs pair up).",
-              f"- **Arms**: `configs/compare/*.yaml`, listed in `{os.path.relpath(suite.path, os.getcwd())}`.",
-              ]
-    if iters and windows:
-        lines.append(f"- **Windows**: ZENITH's W ranges over {', '.join(map(str, windows))}; the shortest run is "
-                     f"{iters[0] / windows[0]:.0f}x the smallest W.")
-    lines += ["", "## Main comparison (final evaluation, mean ± SD over seeds)", ""]
-    lines += arm_table(res, runs, [a.name for a in suite.arms if a.group == "main"])
-    lines += ["", "## Cost per iteration, interleaved", ""] + cost_lines(res, out)
-    for group, key, key_name in (("start", None, None), ("eta0", "SOLVER.BASE_LR", "eta0 / lr"),
-                                 ("W", "SOLVER.ZENITH.WINDOW", "W"), ("weight decay", None, None)):
-        if not res.arms(group):
-            continue
-        title = GROUP_TITLES[group]
-        lines += ["", f"## {title[0].upper()}{title[1:]}", ""]
-        if group == "start":
-            lines += start_lines(res)
-        elif key:
-            lines += grid_lines(res, runs, group, key_name, key)
-        else:
-            lines += arm_table(res, runs, [res.main_partner(a) for a in res.arms(group)] + res.arms(group))
-    lines += ["", "## Flatness of the final checkpoints", ""] + flatness_lines(res)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    fig_dir = os.path.join(report_dir, "figures" if stem == "RESULTS" else f"figures_{stem.lower()}")
+    lines = []
     for group, title in GROUP_TITLES.items():
-        members = [a.name for a in suite.arms if a.group == group]
+        members = res.arms(group)
+        if not members:
+            continue
         if group != "main":
-            members = list(OrderedDict.fromkeys([res.main_partner(a) or a for a in members] + members))
-        seed = suite.seeds[0]
-        curves = OrderedDict((res.labels[a], runs[a][seed]["records"]) for a in members
-                             if a in runs and seed in runs[a] and runs[a][seed]["records"])
+            members = list(OrderedDict.fromkeys(([res.reference] if group in ("automatic", "start", "eta0", "W") else [])
+                                                + [res.main_partner(a) or a for a in members] + members))
+        seed = next((s for s in res.suite.seeds if all(res.status(a, s) == "ok" for a in members)), None)
+        if seed is None:
+            seed = res.suite.seeds[0]
+        curves = OrderedDict((res.labels[a], record.records_of(res.summary(a, seed))) for a in members
+                             if res.status(a, seed) == "ok")
+        curves = OrderedDict((k, v) for k, v in curves.items() if v)
         if len(curves) < 2:
             continue
         prefix = "" if group == "main" else group.replace(" ", "_").lower() + "_"
         paths = plot_runs(curves, fig_dir, title=f"{title} (seed {seed})", prefix=prefix)
         lines += ["", f"### Curves: {title} (seed {seed})", ""]
         lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, report_dir)})" for p in paths]
+    return lines
+
+
+def write_report(suite: Suite, summaries: str, path: str, command: str, notes: str = "") -> None:
+    res = collect(suite, summaries)
+    report_dir = os.path.dirname(os.path.abspath(path))
+    lines = [f"# {suite.title or 'Optimizer race'}", "",
+             f"Generated by `tools/compare.py` from the runs' summaries in `{_rel(summaries)}`; rebuild it (finished runs "
+             "are kept, a run with a summary is never trained again) with:", "",
+             "```bash", command, "```", "", "## Verdict per claim", "",
+             f"| claim | test | numbers ({METRIC_NAMES[res.metric]} points; [95% t interval] over paired seeds) | diverged | "
+             "verdict |", "|---|---|---|---|---|"]
+    for row in claim_rows(res):
+        lines.append(f"| {row['claim']} | {row['test']} | {row['numbers']} | {row['diverged']} | **{row['verdict']}** |")
+    lines += ["", "## Runs missing, failed or stale", ""] + problem_lines(res)
+    lines += ["", "## Pre-registration", ""] + prereg_lines(res)
+    lines += ["", "## Power", ""] + power_lines(res)
+    lines += ["", "## Learning rates chosen on the tuning seeds", ""] + tuning_lines(res)
+    lines += ["", "## Setup", ""] + setup_lines(res)
+    for group in ("main", "automatic", "weight decay"):
+        if not res.arms(group):
+            continue
+        title = GROUP_TITLES[group]
+        arms = res.arms(group)
+        if group != "main":
+            arms = list(OrderedDict.fromkeys([res.reference] + [res.main_partner(a) or res.reference for a in arms] + arms))
+        lines += ["", f"## {title[0].upper()}{title[1:]} (final evaluation, mean ± SD over seeds)", ""] + arm_table(res, arms)
+    lines += ["", "## Cost per iteration, interleaved", ""] + cost_lines(res, summaries)
+    if res.arms("start"):
+        lines += ["", "## How ZENITH's window starts", ""] + start_lines(res)
+    for group in EQUIVALENCE_GROUPS:
+        if res.arms(group):
+            title = GROUP_TITLES[group]
+            lines += ["", f"## {title[0].upper()}{title[1:]}", ""] + grid_lines(res, group)
+    lines += ["", "## Flatness of the final checkpoints", ""] + flatness_lines(res)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    fig_dir = os.path.join(report_dir, "figures" if stem == "RESULTS" else f"figures_{stem.lower()}")
+    lines += figure_lines(res, report_dir, fig_dir)
     if notes:
         lines += ["", notes.rstrip()]
     lines += ["", "## How to read this", "",
+              "- Each verdict follows the rule in its test column, with the metric, alpha and margins declared in the suite "
+              "file before the runs (Pre-registration).",
+              "- Intervals are exact 95% t intervals of the mean paired difference; the verdicts use Holm-adjusted p-values "
+              "within each claim's family, so an interval that excludes 0 can still leave a claim undecided.",
+              "- 'Undecided' means the runs cannot tell, not that the methods tie. A tie is a claim of its own: "
+              "'insensitive' is decided by an equivalence test within a declared margin, never by a difference that "
+              "failed to be significant.",
+              "- A diverged run has no metric: it is counted in the diverged columns (stability, an outcome of its own) "
+              "and left out of the metric's tests, never scored as 0.",
               "- Equal iterations: every run trains the same number of iterations; the cost table says what an "
-              "iteration costs each method, measured apart from the race, so that a noisy machine does not decide it.",
-              "- The intervals are t intervals over the seeds' paired differences; with three seeds they are wide, and "
-              "'undecided' means the runs cannot tell, not that the methods tie.",
-              "- Automatic methods run at their authors' recommended settings, untuned; the lr grids are the only tuning.",
+              "iteration costs each method, measured apart from the race.",
               "- A small model on synthetic shapes for a few minutes on a CPU: what holds here need not hold for "
               "R50-FPN on COCO for 24 hours, the paper's setting.",
               ""]

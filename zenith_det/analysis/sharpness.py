@@ -12,7 +12,9 @@ stable on a quadratic only where the curvature stays below 2(1 + beta)/eta; the
 edge-of-stability literature finds training settles near that value. A flatter
 minimum than that bound says more than the final learning rate alone.
 """
+import dataclasses
 import itertools
+import math
 from typing import Callable, List, Sequence, Tuple
 
 import torch
@@ -27,21 +29,39 @@ def _flat_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     return float(sum((x.detach().double() * y.detach().double()).sum() for x, y in zip(a, b)))
 
 
-def hessian_top_eigenvalue(
+@dataclasses.dataclass
+class PowerIteration:
+    """What the power iteration found: the last Rayleigh quotient, one estimate and one
+    relative residual ||H v - lambda v|| / |lambda| per iteration, and whether the residual
+    reached `tol` (`converged`) before the iterations ran out."""
+    eigenvalue: float
+    estimates: List[float]
+    residuals: List[float]
+    converged: bool
+    tol: float
+
+
+def power_iteration(
     loss_fn: Callable[[], torch.Tensor],
     params: List[torch.Tensor],
-    iters: int = 20,
-    tol: float = 1e-3,
+    iters: int = 100,
+    tol: float = 1e-2,
     seed: int = 0,
     rel_eps: float = 1e-3,
-) -> Tuple[float, List[float]]:
-    """(eigenvalue, estimate per iteration) of the Hessian of `loss_fn()` in `params`.
+) -> PowerIteration:
+    """The eigenvalue of largest magnitude of the Hessian of `loss_fn()` in `params`.
 
     `loss_fn` computes the loss from the current values of `params` and must be
-    deterministic. The start vector comes from `seed`. Iteration stops when two
-    estimates agree within `tol` (relative) or after `iters`. The finite-difference
-    step is `rel_eps` times the weights' norm. The eigenvalue of largest magnitude
-    is found: for a loss near a minimum, the top one.
+    deterministic. The start vector comes from `seed`. The finite-difference step is
+    `rel_eps` times the weights' norm.
+
+    The stopping rule is a stated tolerance on the residual, not on two estimates that
+    happen to agree: iteration stops once ||H v - lambda v|| <= tol |lambda| for the unit
+    vector v and its Rayleigh quotient lambda. For a symmetric H that guarantees an
+    eigenvalue within tol |lambda| of the estimate (and the Rayleigh quotient's own error
+    is of the order of the squared residual over the eigengap); two estimates can agree
+    long before that when the top eigenvalues are close. After `iters` without reaching
+    it, the result says `converged=False`.
     """
     gen = torch.Generator().manual_seed(seed)
     v = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.device, p.dtype) for p in params]
@@ -64,17 +84,35 @@ def hessian_top_eigenvalue(
                     p.sub_(d, alpha=shift)
 
     estimates: List[float] = []
+    residuals: List[float] = []
+    converged = False
     for _ in range(iters):
         plus, minus = grad_at(eps), grad_at(-eps)
         hv = [(a - b) / (2 * eps) for a, b in zip(plus, minus)]
-        estimates.append(_flat_dot(v, hv))  # Rayleigh quotient, |v| = 1
+        lam = _flat_dot(v, hv)  # Rayleigh quotient, |v| = 1
         hv_norm = _flat_dot(hv, hv) ** 0.5
-        if hv_norm == 0:
+        diff = [h - lam * x for h, x in zip(hv, v)]
+        residual = _flat_dot(diff, diff) ** 0.5
+        estimates.append(lam)
+        residuals.append(residual / abs(lam) if lam else math.inf)
+        if hv_norm == 0 or residuals[-1] <= tol:
+            converged = hv_norm > 0
             break
         v = [x / hv_norm for x in hv]
-        if len(estimates) > 1 and abs(estimates[-1] - estimates[-2]) <= tol * abs(estimates[-1]):
-            break
-    return estimates[-1], estimates
+    return PowerIteration(estimates[-1], estimates, residuals, converged, tol)
+
+
+def hessian_top_eigenvalue(
+    loss_fn: Callable[[], torch.Tensor],
+    params: List[torch.Tensor],
+    iters: int = 100,
+    tol: float = 1e-2,
+    seed: int = 0,
+    rel_eps: float = 1e-3,
+) -> Tuple[float, List[float]]:
+    """(eigenvalue, estimate per iteration) of `power_iteration` (same arguments)."""
+    result = power_iteration(loss_fn, params, iters, tol, seed, rel_eps)
+    return result.eigenvalue, result.estimates
 
 
 def detection_loss_fn(model: torch.nn.Module, batches, seed: int = 0) -> Callable[[], torch.Tensor]:
@@ -100,13 +138,15 @@ def detection_loss_fn(model: torch.nn.Module, batches, seed: int = 0) -> Callabl
     return loss
 
 
-def checkpoint_sharpness(path: str, num_batches: int = 4, iters: int = 20, tol: float = 1e-3, seed: int = 0) -> dict:
+def checkpoint_sharpness(path: str, num_batches: int = 4, iters: int = 100, tol: float = 1e-2, seed: int = 0) -> dict:
     """The top Hessian eigenvalue of a zenith_det checkpoint's training loss, with what its final
-    learning rate implies: {"eigenvalue", "estimates", "lr", "momentum", "lr_implied", ...}.
+    learning rate implies: {"eigenvalue", "estimates", "residuals", "converged", "tol", "lr",
+    "momentum", "lr_implied", ...}.
 
     The model, data and optimizer come from the config stored in the checkpoint; the
     batches are the first `num_batches` of its training stream (a pure function of the
-    seed), on the CPU.
+    seed), on the CPU. The power iteration runs until its relative residual is at most
+    `tol`, or `iters` iterations (`converged` says which).
     """
     from ..data import build_detection_train_loader, metadata_from_cfg
     from ..engine.resume import saved_config
@@ -128,10 +168,11 @@ def checkpoint_sharpness(path: str, num_batches: int = 4, iters: int = 20, tol: 
     momentum = float(optimizer.param_groups[0].get("momentum", 0.0))
     batches = list(itertools.islice(iter(build_detection_train_loader(cfg)), num_batches))
     params = [p for p in model.parameters() if p.requires_grad]
-    eigenvalue, estimates = hessian_top_eigenvalue(detection_loss_fn(model, batches, seed), params, iters, tol, seed)
+    result = power_iteration(detection_loss_fn(model, batches, seed), params, iters, tol, seed)
     return {
         "checkpoint": path, "iteration": int(state["iteration"]), "optimizer": cfg.SOLVER.OPTIMIZER,
-        "eigenvalue": eigenvalue, "estimates": estimates, "batches": num_batches,
+        "eigenvalue": result.eigenvalue, "estimates": result.estimates, "residuals": result.residuals,
+        "converged": result.converged, "tol": tol, "max_iters": iters, "batches": num_batches,
         "lr": lr, "momentum": momentum,
         "lr_implied": lr_implied_sharpness(lr, momentum) if lr is not None else None,
     }

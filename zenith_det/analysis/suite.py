@@ -1,0 +1,478 @@
+"""A race's suite file: the arms, the seeds, and what is declared before anything runs.
+
+    title: ...
+    mode: iterations          # every run trains its config's SOLVER.MAX_ITER (equal iterations), or
+                              # wall_clock: every run gets budget_hours of SOLVER.MAX_TIME_HOURS
+    budget_hours: 0.05        # wall_clock only
+    eval_minutes: 0.5         # wall_clock only: evaluate every this many minutes
+    seeds: 40                 # the comparison seeds: a list, or N for 0 .. N-1; the same for every arm
+    summaries: ../../../docs/race/cpu   # one small json per finished run (analysis.record), beside the report
+    reference: zenith         # the arm the paired differences are taken against
+    set: {MODEL.DEVICE: cuda} # optional: overrides for every run, before each arm's own
+    tuning:                   # the lr tuning stage: each `lr: {tune: [...]}` arm trains every point of
+      seeds: [100, 101]       # its grid on these seeds (never comparison seeds), and the best mean
+      grid_size: 4            # primary metric is its lr for the comparison; every grid has this size
+    preregistration:
+      primary_metric: bbox/AP
+      alpha: 0.05
+      correction: holm        # within each claim's family of comparisons
+      margins: {eta0: 3.0, W: 3.0}     # equivalence margins (TOST), in primary-metric points
+      start_default: partial  # kept unless another start-up choice wins beyond the noise
+      flatness_max_lr_ratio: 2.0       # flatness is compared only between final step sizes this close
+      weight_decay_min_shrink: 0.05    # decay that shrinks weights less than this cannot be seen
+    power:
+      target: 0.8
+      effect: 3.0             # the smallest difference the superiority tests are powered to see
+      paired_sd:              # planning SDs of paired differences: {sd: x} or from 95% intervals
+        hand-made: {intervals: [[-18.8, 10.7]], n: 3, source: "..."}
+      families: {main: hand-made}      # group -> the planning SD its tests are sized with
+      unpowered: {automatic: "why"}    # groups run without a power calculation, and why
+    sharpness: {arms: [zenith, sgd_multistep], seeds: 5, batches: 2, max_iters: 100, tol: 0.02}
+    arms:
+      - name: zenith          # its folder: <out>/<name>/seed<k>/
+        config: ../zenith.yaml  # relative to the suite file; a config with _BASE_
+        label: ZENITH
+        group: main           # main | automatic | start | eta0 | W | weight decay
+        seeds: 20             # optional: the suite's first N seeds (or a list of them)
+        lr: {tune: [0.01, 0.02, 0.04, 0.08]}   # or {from: zenith, times: 0.5}, {fixed: 1.0, why: ...},
+                                                # {none: why}: how this arm's lr is chosen
+        set: {SOLVER.ZENITH.START: full}       # optional overrides on top of the config
+
+Every field is checked when the file is read: a bad or missing declaration is a
+one-line UserError naming the suite file and the field.
+"""
+import dataclasses
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from ..errors import UserError
+
+MODES = ("iterations", "wall_clock")
+GROUPS = ("main", "automatic", "start", "eta0", "W", "weight decay")
+EQUIVALENCE_GROUPS = ("eta0", "W")  # "insensitive to ...": equivalence tests with a declared margin
+METRICS = ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50")
+STARTS = ("partial", "full", "after_warmup")  # SOLVER.ZENITH.START
+CORRECTIONS = ("holm",)
+LR_KINDS = ("tune", "from", "fixed", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class LrChoice:
+    """How an arm's SOLVER.BASE_LR is chosen: tuned over `grid`, taken from arm `source`'s
+    choice times `times`, `fixed` at `value`, or `none` (the method has no lr)."""
+    kind: str
+    grid: Tuple[float, ...] = ()
+    value: Optional[float] = None
+    source: Optional[str] = None
+    times: float = 1.0
+    why: str = ""
+
+    def describe(self, labels: Dict[str, str], tuning_seeds: Sequence[int] = ()) -> str:
+        if self.kind == "tune":
+            return (f"tuned: the best mean of {len(self.grid)} lrs ({', '.join(f'{v:g}' for v in self.grid)}) "
+                    f"on tuning seeds {', '.join(map(str, tuning_seeds))}")
+        if self.kind == "from":
+            times = "" if self.times == 1 else f"{self.times:g} x "
+            return f"{times}the lr chosen for {labels.get(self.source, self.source)}"
+        if self.kind == "fixed":
+            return f"fixed at {self.value:g}: {self.why}"
+        return f"none: {self.why}"
+
+
+@dataclasses.dataclass
+class Arm:
+    name: str
+    config: str
+    label: str
+    group: str
+    seeds: List[int]
+    overrides: Dict[str, object]
+    lr: LrChoice = LrChoice("none", why="not declared")
+
+    def run_dir(self, out: str, seed: int) -> str:
+        return os.path.join(out, self.name, f"seed{seed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run: an arm at a seed, in the tuning stage (at grid point `lr`) or the comparison."""
+    arm: str
+    seed: int
+    stage: str = "compare"  # "tune" | "compare"
+    lr: Optional[float] = None  # the tuning stage's grid point
+
+    @property
+    def key(self) -> str:
+        """Its folder under the race's output and under the summaries: arm/seed3, arm/tune-lr0.01/seed100."""
+        if self.stage == "tune":
+            return f"{self.arm}/tune-lr{self.lr:g}/seed{self.seed}"
+        return f"{self.arm}/seed{self.seed}"
+
+    def describe(self, labels: Dict[str, str]) -> str:
+        where = f" (tuning, lr {self.lr:g})" if self.stage == "tune" else ""
+        return f"{labels.get(self.arm, self.arm)} seed {self.seed}{where}"
+
+
+@dataclasses.dataclass
+class Preregistration:
+    primary_metric: str
+    alpha: float
+    correction: str
+    margins: Dict[str, float]
+    start_default: Optional[str]
+    flatness_max_lr_ratio: float
+    weight_decay_min_shrink: float
+
+
+@dataclasses.dataclass
+class PlanningSd:
+    name: str
+    sd: float
+    intervals: Tuple[Tuple[float, float], ...] = ()
+    n: int = 0
+    source: str = ""
+
+
+@dataclasses.dataclass
+class PowerPlan:
+    target: float
+    effect: float
+    paired_sd: Dict[str, PlanningSd]
+    families: Dict[str, str]
+    unpowered: Dict[str, str]
+
+
+@dataclasses.dataclass
+class Tuning:
+    seeds: List[int]
+    grid_size: int
+
+
+@dataclasses.dataclass
+class SharpnessPlan:
+    arms: Tuple[str, ...] = ()
+    seeds: Dict[str, List[int]] = dataclasses.field(default_factory=dict)  # arm -> seeds probed
+    batches: int = 2
+    max_iters: int = 100
+    tol: float = 0.02
+
+
+@dataclasses.dataclass
+class Suite:
+    path: str
+    title: str
+    mode: str
+    seeds: List[int]
+    reference: str
+    arms: List[Arm]
+    budget_hours: float = 0.0
+    eval_minutes: float = 0.0
+    sharpness: SharpnessPlan = dataclasses.field(default_factory=SharpnessPlan)
+    common: Dict[str, object] = dataclasses.field(default_factory=dict)
+    prereg: Optional[Preregistration] = None
+    power: Optional[PowerPlan] = None
+    tuning: Optional[Tuning] = None
+    summaries: Optional[str] = None  # absolute path, or None: <out>/summaries
+
+    def arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
+
+    @property
+    def labels(self) -> Dict[str, str]:
+        return {a.name: a.label for a in self.arms}
+
+    def group(self, group: str) -> List[Arm]:
+        return [a for a in self.arms if a.group == group]
+
+    def runs(self) -> List[Tuple[Arm, int]]:
+        """The comparison's (arm, seed) in seed-major order: every arm's first seed before any
+        arm's second, so a race cut short still has paired runs."""
+        seeds = sorted({s for a in self.arms for s in a.seeds}, key=self.seeds.index)
+        return [(a, s) for s in seeds for a in self.arms if s in a.seeds]
+
+    def tuning_runs(self) -> List[Run]:
+        """Every tuned arm at every grid point on every tuning seed, seed-major."""
+        tuned = [a for a in self.arms if a.lr.kind == "tune"]
+        if not tuned or self.tuning is None:
+            return []
+        return [Run(a.name, s, "tune", a.lr.grid[i]) for s in self.tuning.seeds for i in range(self.tuning.grid_size)
+                for a in tuned]
+
+    def compare_runs(self) -> List[Run]:
+        return [Run(a.name, s) for a, s in self.runs()]
+
+    def all_runs(self) -> List[Run]:
+        """Every run the suite declares, in the order they train: the tuning stage, then the comparison."""
+        return self.tuning_runs() + self.compare_runs()
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def load_suite(path: str) -> Suite:
+    """Read and check a suite file; a bad one is a UserError naming the file and the field."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the suite file ({e.strerror})")
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a YAML suite file ({str(e).splitlines()[0]})")
+    if not isinstance(raw, dict) or not isinstance(raw.get("arms"), list) or not raw["arms"]:
+        raise UserError(f"{path}: a suite needs a non-empty list `arms`")
+    here = os.path.dirname(os.path.abspath(path))
+    mode = raw.get("mode", "iterations")
+    if mode not in MODES:
+        raise UserError(f"{path}: mode {mode!r} is not one of {', '.join(MODES)}")
+    seeds = _seed_list(raw.get("seeds", [0]), path, "seeds")
+    arms = [_arm(a, i, path, here, seeds) for i, a in enumerate(raw["arms"])]
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: arm names must be unique (repeated: {sorted({n for n in names if names.count(n) > 1})})")
+    reference = raw.get("reference", names[0])
+    if reference not in names:
+        raise UserError(f"{path}: reference {reference!r} is not an arm")
+    budget, every = _number(raw.get("budget_hours", 0.0), path, "budget_hours"), _number(raw.get("eval_minutes", 0.0), path,
+                                                                                        "eval_minutes")
+    if mode == "wall_clock" and budget <= 0:
+        raise UserError(f"{path}: mode wall_clock needs budget_hours > 0")
+    common = raw.get("set") or {}
+    if not isinstance(common, dict):
+        raise UserError(f"{path}: `set` must map config keys to values")
+    summaries = raw.get("summaries")
+    if summaries is not None:
+        if not isinstance(summaries, str) or not summaries.strip():
+            raise UserError(f"{path}: summaries must be a folder (relative to the suite file), got {summaries!r}")
+        summaries = os.path.normpath(os.path.join(here, summaries))
+    suite = Suite(os.path.abspath(path), str(raw.get("title", "")), mode, seeds, reference, arms, budget, every,
+                  common=common, summaries=summaries)
+    suite.sharpness = _sharpness(raw.get("sharpness"), path, suite)
+    suite.prereg = _preregistration(raw.get("preregistration"), path, suite)
+    suite.tuning = _tuning(raw.get("tuning"), path, suite)
+    _check_lrs(path, suite)
+    suite.power = _power(raw.get("power"), path, suite)
+    return suite
+
+
+def _arm(a, i, path, here, seeds) -> Arm:
+    where = f"{path}: arms[{i}]"
+    if not isinstance(a, dict) or not isinstance(a.get("name"), str) or not isinstance(a.get("config"), str):
+        raise UserError(f"{where}: each arm needs `name` and `config` strings")
+    if not a["name"].replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise UserError(f"{where}: name {a['name']!r} must be letters, digits, '_', '-' or '.' (it names a folder)")
+    config = os.path.normpath(os.path.join(here, a["config"]))
+    if not os.path.isfile(config):
+        raise UserError(f"{where}: config {a['config']!r} does not exist (paths are relative to the suite file)")
+    raw_seeds = a.get("seeds", seeds)
+    if isinstance(raw_seeds, int) and not isinstance(raw_seeds, bool):
+        if not 1 <= raw_seeds <= len(seeds):
+            raise UserError(f"{where}: seeds {raw_seeds} must be between 1 and the suite's {len(seeds)} seeds")
+        arm_seeds = seeds[:raw_seeds]
+    else:
+        arm_seeds = _int_list(raw_seeds, path, f"arms[{i}].seeds")
+    if set(arm_seeds) - set(seeds):
+        raise UserError(f"{where}: seeds {sorted(set(arm_seeds) - set(seeds))} are not among the suite's seeds {seeds}")
+    group = a.get("group", "main")
+    if group not in GROUPS:
+        raise UserError(f"{where}: group {group!r} is not one of {', '.join(GROUPS)}")
+    overrides = a.get("set") or {}
+    if not isinstance(overrides, dict):
+        raise UserError(f"{where}: `set` must map config keys to values")
+    lr = _lr_choice(a.get("lr"), f"{where}.lr")
+    if "SOLVER.BASE_LR" in overrides and lr.kind != "none":
+        raise UserError(f"{where}: `set` SOLVER.BASE_LR and `lr` both choose the lr; declare it in `lr` only")
+    return Arm(a["name"], config, str(a.get("label", a["name"])), group, arm_seeds, overrides, lr)
+
+
+def _lr_choice(raw, where) -> LrChoice:
+    if not isinstance(raw, dict) or len(set(raw) & set(LR_KINDS)) != 1:
+        raise UserError(f"{where}: declare how the lr is chosen, exactly one of "
+                        "{tune: [grid]}, {from: arm, times: x}, {fixed: value, why: ...}, {none: why}")
+    kind = next(k for k in LR_KINDS if k in raw)
+    extra = set(raw) - {kind, "why", "times"}
+    if extra:
+        raise UserError(f"{where}: unknown keys {sorted(extra)}")
+    why = raw.get("why", "")
+    if kind == "tune":
+        grid = raw["tune"]
+        if not isinstance(grid, list) or len(grid) < 2 or not all(_positive(v) for v in grid) or len(set(grid)) != len(grid):
+            raise UserError(f"{where}.tune: a grid of at least two distinct positive lrs, got {grid!r}")
+        return LrChoice("tune", tuple(float(v) for v in grid))
+    if kind == "from":
+        times = raw.get("times", 1.0)
+        if not isinstance(raw["from"], str) or not _positive(times):
+            raise UserError(f"{where}: `from` names an arm and `times` is a positive factor, got {raw!r}")
+        return LrChoice("from", source=raw["from"], times=float(times))
+    if kind == "fixed":
+        if not _positive(raw["fixed"]) or not isinstance(why, str) or not why.strip():
+            raise UserError(f"{where}: `fixed` needs a positive lr and a `why` (whose recommendation it is)")
+        return LrChoice("fixed", value=float(raw["fixed"]), why=why.strip())
+    reason = raw["none"]
+    if not isinstance(reason, str) or not reason.strip():
+        raise UserError(f"{where}.none: say why the arm has no lr")
+    return LrChoice("none", why=reason.strip())
+
+
+def _check_lrs(path, suite: Suite) -> None:
+    names = {a.name: a for a in suite.arms}
+    for i, a in enumerate(suite.arms):
+        where = f"{path}: arms[{i}].lr"
+        if a.lr.kind == "from":
+            source = names.get(a.lr.source)
+            if source is None or source.lr.kind != "tune":
+                raise UserError(f"{where}: `from` {a.lr.source!r} must name an arm whose lr is tuned")
+        if a.lr.kind == "tune" and len(a.lr.grid) != suite.tuning.grid_size:
+            raise UserError(f"{where}.tune: {len(a.lr.grid)} lrs, but tuning.grid_size is {suite.tuning.grid_size} "
+                            "(every tuned arm gets a grid of the same size)")
+        if a.group == "main" and a.lr.kind != "tune":
+            raise UserError(f"{where}: an arm of the main comparison runs at its own best lr: declare {{tune: [grid]}}")
+
+
+def _tuning(raw, path, suite: Suite) -> Optional[Tuning]:
+    if not any(a.lr.kind == "tune" for a in suite.arms):
+        return None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: tuning: arms tune their lr, so declare tuning: {{seeds: [...], grid_size: N}}")
+    seeds = _int_list(raw.get("seeds"), path, "tuning.seeds")
+    if set(seeds) & set(suite.seeds):
+        raise UserError(f"{path}: tuning.seeds {sorted(set(seeds) & set(suite.seeds))} are comparison seeds; "
+                        "the lr is chosen on seeds the comparison does not use")
+    size = raw.get("grid_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 2:
+        raise UserError(f"{path}: tuning.grid_size must be an integer >= 2, got {size!r}")
+    return Tuning(seeds, size)
+
+
+def _preregistration(raw, path, suite: Suite) -> Preregistration:
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: preregistration: declare primary_metric, alpha, correction, margins, ... before the runs")
+    where = f"{path}: preregistration"
+    metric = raw.get("primary_metric")
+    if metric not in METRICS:
+        raise UserError(f"{where}.primary_metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    alpha = raw.get("alpha")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 0.5:
+        raise UserError(f"{where}.alpha must be a number in (0, 0.5), got {alpha!r}")
+    correction = raw.get("correction")
+    if correction not in CORRECTIONS:
+        raise UserError(f"{where}.correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
+    margins = raw.get("margins") or {}
+    if not isinstance(margins, dict) or not all(_positive(v) for v in margins.values()):
+        raise UserError(f"{where}.margins must map groups to positive margins, got {margins!r}")
+    for group in EQUIVALENCE_GROUPS:
+        if suite.group(group) and group not in margins:
+            raise UserError(f"{where}.margins.{group}: the {group} arms are an equivalence test; declare its margin")
+    start = raw.get("start_default")
+    if suite.group("start") and start not in STARTS:
+        raise UserError(f"{where}.start_default must be one of {', '.join(STARTS)} (kept unless another wins), got {start!r}")
+    ratio = raw.get("flatness_max_lr_ratio", None)
+    if suite.sharpness.arms and (not _positive(ratio) or ratio < 1):
+        raise UserError(f"{where}.flatness_max_lr_ratio must be a number >= 1, got {ratio!r}")
+    shrink = raw.get("weight_decay_min_shrink")
+    if not _positive(shrink) or shrink >= 1:
+        raise UserError(f"{where}.weight_decay_min_shrink must be a fraction in (0, 1), got {shrink!r}")
+    return Preregistration(metric, float(alpha), correction, {k: float(v) for k, v in margins.items()}, start,
+                           float(ratio or 1.0), float(shrink))
+
+
+def _power(raw, path, suite: Suite) -> PowerPlan:
+    where = f"{path}: power"
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: declare the power calculation (target, effect, paired_sd, families, unpowered)")
+    target, effect = raw.get("target"), raw.get("effect")
+    if not _positive(target) or target >= 1:
+        raise UserError(f"{where}.target must be a probability in (0, 1), got {target!r}")
+    if not _positive(effect):
+        raise UserError(f"{where}.effect must be a positive difference in {suite.prereg.primary_metric}, got {effect!r}")
+    sds = {}
+    for name, spec in (raw.get("paired_sd") or {}).items():
+        sds[name] = _planning_sd(name, spec, f"{where}.paired_sd.{name}")
+    families, unpowered = raw.get("families") or {}, raw.get("unpowered") or {}
+    if not isinstance(families, dict) or not isinstance(unpowered, dict):
+        raise UserError(f"{where}: families and unpowered map groups to a planning SD / a reason")
+    for group, sd in families.items():
+        if sd not in sds:
+            raise UserError(f"{where}.families.{group}: {sd!r} is not one of paired_sd ({', '.join(sds) or 'none'})")
+    for group, reason in unpowered.items():
+        if not isinstance(reason, str) or not reason.strip():
+            raise UserError(f"{where}.unpowered.{group}: say why the group is not powered")
+    for group in sorted({a.group for a in suite.arms}):
+        if group not in families and group not in unpowered:
+            raise UserError(f"{where}.families: the {group} arms need a planning SD (or a reason in power.unpowered)")
+    return PowerPlan(float(target), float(effect), sds, dict(families), {k: v.strip() for k, v in unpowered.items()})
+
+
+def _planning_sd(name, spec, where) -> PlanningSd:
+    from .stats import sd_from_interval
+
+    if not isinstance(spec, dict):
+        raise UserError(f"{where}: {{sd: x}} or {{intervals: [[low, high], ...], n: N}}")
+    source = str(spec.get("source", ""))
+    if "sd" in spec:
+        if not _positive(spec["sd"]):
+            raise UserError(f"{where}.sd must be positive, got {spec['sd']!r}")
+        return PlanningSd(name, float(spec["sd"]), source=source)
+    intervals, n = spec.get("intervals"), spec.get("n")
+    if (not isinstance(intervals, list) or not intervals
+            or not all(isinstance(iv, list) and len(iv) == 2 and all(isinstance(x, (int, float)) for x in iv) and iv[0] < iv[1]
+                       for iv in intervals)):
+        raise UserError(f"{where}.intervals must be a list of [low, high] 95% intervals, got {intervals!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise UserError(f"{where}.n must be the number of paired seeds behind the intervals (>= 2), got {n!r}")
+    variances = [sd_from_interval(lo, hi, n) ** 2 for lo, hi in intervals]
+    return PlanningSd(name, math.sqrt(sum(variances) / len(variances)), tuple((float(lo), float(hi)) for lo, hi in intervals),
+                      n, source)
+
+
+def _sharpness(raw, path, suite: Suite) -> SharpnessPlan:
+    if raw is None or raw == []:
+        return SharpnessPlan()
+    if isinstance(raw, list):
+        raw = {"arms": raw}
+    if not isinstance(raw, dict) or not isinstance(raw.get("arms"), list):
+        raise UserError(f"{path}: sharpness: {{arms: [...], seeds: N, batches: B, max_iters: I, tol: T}} or a list of arms")
+    names = [a.name for a in suite.arms]
+    missing = [s for s in raw["arms"] if s not in names]
+    if missing:
+        raise UserError(f"{path}: sharpness names arms that do not exist: {missing}")
+    seeds = {}
+    for name in raw["arms"]:
+        arm_seeds = suite.arm(name).seeds
+        n = raw.get("seeds", len(arm_seeds))
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(arm_seeds):
+            raise UserError(f"{path}: sharpness.seeds must be a count between 1 and {name}'s {len(arm_seeds)} seeds, got {n!r}")
+        seeds[name] = arm_seeds[:n]
+    batches, iters, tol = raw.get("batches", 2), raw.get("max_iters", 100), raw.get("tol", 0.02)
+    if not isinstance(batches, int) or batches < 1 or not isinstance(iters, int) or iters < 2:
+        raise UserError(f"{path}: sharpness.batches >= 1 and sharpness.max_iters >= 2 (integers)")
+    if not _positive(tol) or tol >= 1:
+        raise UserError(f"{path}: sharpness.tol must be a relative tolerance in (0, 1), got {tol!r}")
+    return SharpnessPlan(tuple(raw["arms"]), seeds, batches, iters, float(tol))
+
+
+def _seed_list(value, path, field) -> List[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise UserError(f"{path}: {field} must be a positive count or a list of seeds, got {value!r}")
+        return list(range(value))
+    return _int_list(value, path, field)
+
+
+def _int_list(value, path, field) -> List[int]:
+    if (not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+            or len(set(value)) != len(value)):
+        raise UserError(f"{path}: {field} must be a non-empty list of distinct non-negative integers, got {value!r}")
+    return list(value)
+
+
+def _number(value, path, field) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise UserError(f"{path}: {field} must be a number, got {value!r}")
+    return float(value)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
