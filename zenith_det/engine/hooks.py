@@ -6,7 +6,7 @@ never by writing into each other.
 1. IterationTimer      times each step (feeds the writer and the budget)
 2. LRScheduler         steps the LR schedule; records lr, ZENITH's multiplier and g_t
 3. WallClockBudget     stops in time for the final checkpoint and evaluation to fit
-4. PreemptionHandler   turns SIGTERM/SIGINT into a clean stop and a checkpoint
+4. PreemptionHandler   turns SIGTERM/SIGINT/SIGUSR2 into a clean stop and a checkpoint
 5. PeriodicCheckpointer
 6. EvalHook            every N iterations and/or M minutes, and at the end
 7. VisualizePredictions  a few val images with predictions to TensorBoard after each evaluation
