@@ -15,7 +15,7 @@ minimum than that bound says more than the final learning rate alone.
 import dataclasses
 import itertools
 import math
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Sequence
 
 import torch
 
@@ -100,19 +100,6 @@ def power_iteration(
             break
         v = [x / hv_norm for x in hv]
     return PowerIteration(estimates[-1], estimates, residuals, converged, tol)
-
-
-def hessian_top_eigenvalue(
-    loss_fn: Callable[[], torch.Tensor],
-    params: List[torch.Tensor],
-    iters: int = 100,
-    tol: float = 1e-2,
-    seed: int = 0,
-    rel_eps: float = 1e-3,
-) -> Tuple[float, List[float]]:
-    """(eigenvalue, estimate per iteration) of `power_iteration` (same arguments)."""
-    result = power_iteration(loss_fn, params, iters, tol, seed, rel_eps)
-    return result.eigenvalue, result.estimates
 
 
 def detection_loss_fn(model: torch.nn.Module, batches, seed: int = 0) -> Callable[[], torch.Tensor]:
