@@ -209,6 +209,10 @@ MINIMAL = "seeds: [0, 1]\narms: [{name: a, config: CONFIGS/zenith.yaml, lr: {tun
     (MINIMAL.replace("families: {main: main,", "families: {main: nothing,"), "power.families.main"),
     (MINIMAL.replace("power:", "powr:"), "power"),
     (MINIMAL.replace("n: 3}", "n: 1}"), "paired_sd.variants.n"),
+    (MINIMAL.replace("grid_size: 2}", "grid_size: 2, extend_at_edge: -1}"), "tuning.extend_at_edge"),
+    (MINIMAL.replace("grid_size: 2}", "grid_size: 2, extend_at_edge: yes}"), "tuning.extend_at_edge"),
+    (MINIMAL.replace("grid_size: 2}", "grid_size: 2, amended: ''}"), "tuning.amended"),
+    (MINIMAL.replace("grid_size: 2}", "grid_size: 2, extend: 1}"), "tuning.extend is not a field"),
 ])
 def test_a_bad_suite_file_is_one_line_naming_the_field(tmp_path, text, field):
     path = _suite_file(tmp_path, text)
@@ -419,6 +423,40 @@ def test_the_tuning_stage_chooses_the_best_lr_that_did_not_diverge(tmp_path):
     assert res.choices["zenith"].lr is None and "missing" in res.choices["zenith"].reason
     lr, waiting = race.resolve_lr(suite, suite.arm("zenith_full"), res.choices)
     assert lr is None and "waiting for the lr of ZENITH" in waiting
+
+
+def test_the_edge_rule_searches_beyond_an_edge_until_the_best_is_inside(tmp_path):
+    suite = _load(tmp_path, FAKE_SUITE.replace("grid_size: 2}", "grid_size: 2, extend_at_edge: 2, amended: a test}"))
+    summaries = suite.summaries
+    _fake_race(suite, summaries)  # best: ZENITH 0.02 (the high edge of its grid), SGD 0.005 (the low edge)
+    res = _results(suite, summaries)
+    # each choice waits for the next point beyond its edge, and names the missing runs
+    assert res.choices["zenith"].lr is None and res.choices["zenith"].added == (0.04,)
+    assert res.choices["sgd"].lr is None and res.choices["sgd"].added == (0.0025,)
+    assert "SGD seed 100 (tuning, lr 0.0025) missing" in res.choices["sgd"].reason
+    assert race.resolve_lr(suite, suite.arm("zenith_x2"), res.choices)[0] is None
+    assert any("(tuning, lr 0.0025): missing" in p for p in res.problems())
+    # ZENITH is worse beyond its edge: 0.02 stands, inside the searched grid
+    for seed in suite.tuning.seeds:
+        _fake_run(suite, summaries, Run("zenith", seed, "tune", 0.04), 39.0, 0.04, "ZENITH")
+        _fake_run(suite, summaries, Run("sgd", seed, "tune", 0.0025), 43.0, 0.0025, "SGD")
+    res = _results(suite, summaries)
+    zenith = res.choices["zenith"]
+    assert zenith.lr == 0.02 and not zenith.edge and zenith.added == (0.04,) and "edge rule added lr 0.04" in zenith.reason
+    assert [p[0] for p in zenith.points] == [0.01, 0.02, 0.04]
+    assert res.status("zenith", 0) == "ok"  # the comparison at 0.02 stays valid
+    # SGD is better beyond its edge, so the rule goes one more point down, then stops at its limit
+    assert res.choices["sgd"].lr is None and res.choices["sgd"].added == (0.0025, 0.00125)
+    for seed in suite.tuning.seeds:
+        _fake_run(suite, summaries, Run("sgd", seed, "tune", 0.00125), 44.0, 0.00125, "SGD")
+    res = _results(suite, summaries)
+    sgd = res.choices["sgd"]
+    assert sgd.lr == 0.00125 and sgd.edge and sgd.added == (0.0025, 0.00125)
+    assert res.status("sgd", 0) == "stale"  # trained at 0.005, no longer the choice
+    text = "\n".join(report.tuning_lines(res) + report.prereg_lines(res))
+    assert "| SGD | 0.00125 (edge rule) | 44.0" in text and "**yes** (edge of the grid)" in text
+    assert "up to 2 per arm" in text and "Amended after runs began** (tuning): a test" in text
+    assert len(res.needed_runs()) == len(suite.all_runs()) + 6
 
 
 # ------------------------------------------------------------------------------ verdicts

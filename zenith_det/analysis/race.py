@@ -8,7 +8,9 @@ race trains it in two stages:
    tuning seeds (never comparison seeds); `choose_lrs` then picks, per arm, the grid
    point with the best mean primary metric over the tuning seeds. A point that
    diverged on any tuning seed is not chosen; a missing or failed tuning run leaves
-   the choice open, and the arm (and every arm whose lr is `from` it) waits.
+   the choice open, and the arm (and every arm whose lr is `from` it) waits. While
+   the best lies at an edge of the grid, the suite's edge rule trains the next point
+   beyond it (up to `tuning.extend_at_edge` points per arm) and chooses again.
 2. the comparison: every arm on its comparison seeds, seed-major (every arm's first
    seed before any arm's second, so a race cut short still has paired runs), at its
    chosen lr (`{from: arm, times: x}`: that arm's choice times x; `fixed`: the
@@ -33,7 +35,7 @@ from ..exit_codes import PREEMPTED
 from ..utils.fileio import atomic_write_json
 from . import record
 from .record import COSTS, FAILED, SHARPNESS, STATS  # noqa: F401  (the names other modules use)
-from .suite import MODES, Arm, Run, Suite, load_suite  # noqa: F401
+from .suite import MODES, Arm, Run, Suite, extend_grid, load_suite  # noqa: F401
 from .stats import Summary
 
 # ------------------------------------------------------------------------------------ the lrs
@@ -42,47 +44,73 @@ from .stats import Summary
 class Choice:
     """The tuning stage's outcome for one arm: `lr` (None while undecided), per grid point
     (lr, Summary of the primary metric over the tuning seeds, diverged seeds, missing runs),
-    and why it is what it is."""
+    why it is what it is, whether the lr lies at an edge of the grid searched, and how many
+    points the edge rule added (`added`, the first or last of `points`)."""
 
-    def __init__(self, arm: str, lr: Optional[float], points: List[tuple], reason: str, edge: bool = False):
+    def __init__(self, arm: str, lr: Optional[float], points: List[tuple], reason: str, edge: bool = False,
+                 added: Sequence[float] = ()):
         self.arm, self.lr, self.points, self.reason, self.edge = arm, lr, points, reason, edge
+        self.added = tuple(added)
 
 
 def choose_lrs(suite: Suite, summaries: Dict[Run, dict]) -> Dict[str, Choice]:
     """The lr of every tuned arm, from the tuning runs' summaries: the best mean primary
-    metric over the tuning seeds among the points none of whose runs diverged."""
-    metric = suite.prereg.primary_metric
+    metric over the tuning seeds among the points none of whose runs diverged. While the best
+    lies at an edge of the grid, the suite's edge rule (tuning.extend_at_edge) adds the next
+    point beyond that edge, and the choice waits for its runs."""
     choices = {}
     for arm in suite.arms:
         if arm.lr.kind != "tune":
             continue
-        points, waiting = [], []
-        for lr in arm.lr.grid:
-            values, diverged, missing = [], [], []
-            for seed in suite.tuning.seeds:
-                run = Run(arm.name, seed, "tune", lr)
-                s = summaries.get(run)
-                if s is None or s["status"] == "failed" or (s["status"] == "ok" and metric not in s["final"]):
-                    missing.append(run.describe(suite.labels) + (" failed" if s is not None else " missing"))
-                elif s["status"] == "diverged":
-                    diverged.append(seed)
-                else:
-                    values.append(s["final"][metric])
-            points.append((lr, Summary(values), diverged, missing))
-            waiting += missing
-        if waiting:
-            choices[arm.name] = Choice(arm.name, None, points, f"undecided: {len(waiting)} tuning run(s) missing or failed "
-                                       f"({'; '.join(waiting[:3])}{' ...' if len(waiting) > 3 else ''})")
-            continue
-        eligible = [p for p in points if not p[2]]
-        if not eligible:
-            choices[arm.name] = Choice(arm.name, None, points, "every lr of the grid diverged on a tuning seed")
-            continue
-        best = max(eligible, key=lambda p: p[1].mean)  # the first of equal means, in grid order
-        edge = best[0] in (arm.lr.grid[0], arm.lr.grid[-1])
-        choices[arm.name] = Choice(arm.name, best[0], points, f"best mean {metric} {best[1].mean:.2f} at lr {best[0]:g}"
-                                   + (" (at the edge of the grid: the best lr may lie beyond it)" if edge else ""), edge)
+        grid, added = sorted(arm.lr.grid), []
+        choice = _choose(suite, arm, grid, summaries)
+        limit = suite.tuning.extend_at_edge if suite.tuning else 0
+        while choice.lr is not None and choice.edge and len(added) < limit:
+            low = choice.lr == grid[0]
+            grid = extend_grid(grid, low)
+            added.append(grid[0] if low else grid[-1])
+            choice = _choose(suite, arm, grid, summaries)
+        choice.added = tuple(added)
+        if added:
+            choice.reason += f"; the edge rule added lr {', '.join(f'{v:g}' for v in added)}"
+        choices[arm.name] = choice
     return choices
+
+
+def _choose(suite: Suite, arm: Arm, grid: Sequence[float], summaries: Dict[Run, dict]) -> Choice:
+    metric = suite.prereg.primary_metric
+    points, waiting = [], []
+    for lr in grid:
+        values, diverged, missing = [], [], []
+        for seed in suite.tuning.seeds:
+            run = Run(arm.name, seed, "tune", lr)
+            s = summaries.get(run)
+            if s is None or s["status"] == "failed" or (s["status"] == "ok" and metric not in s["final"]):
+                missing.append(run.describe(suite.labels) + (" failed" if s is not None else " missing"))
+            elif s["status"] == "diverged":
+                diverged.append(seed)
+            else:
+                values.append(s["final"][metric])
+        points.append((lr, Summary(values), diverged, missing))
+        waiting += missing
+    if waiting:
+        return Choice(arm.name, None, points, f"undecided: {len(waiting)} tuning run(s) missing or failed "
+                      f"({'; '.join(waiting[:3])}{' ...' if len(waiting) > 3 else ''})")
+    eligible = [p for p in points if not p[2]]
+    if not eligible:
+        return Choice(arm.name, None, points, "every lr of the grid diverged on a tuning seed")
+    best = max(eligible, key=lambda p: p[1].mean)  # the first of equal means, in grid order
+    edge = best[0] in (grid[0], grid[-1])
+    return Choice(arm.name, best[0], points, f"best mean {metric} {best[1].mean:.2f} at lr {best[0]:g}"
+                  + (" (at the edge of the grid: the best lr may lie beyond it)" if edge else ""), edge)
+
+
+def tuning_runs(suite: Suite, choices: Dict[str, Choice]) -> List[Run]:
+    """The tuning runs the choices need: the declared grids, then the points the edge rule added."""
+    runs = suite.tuning_runs()
+    for choice in choices.values():
+        runs += [Run(choice.arm, s, "tune", lr) for lr in choice.added for s in suite.tuning.seeds]
+    return runs
 
 
 def resolve_lr(suite: Suite, arm: Arm, choices: Dict[str, Choice]) -> Tuple[Optional[float], Optional[str]]:
@@ -177,10 +205,15 @@ def run_suite(suite: Suite, out: str, jobs: int = 1, only: Optional[Sequence[str
     log = log or _say
     summaries = summaries or record.summaries_dir(suite, out)
     codes: Dict[str, int] = {}
-    stopped = _run_stage(suite, out, summaries, suite.tuning_runs(), {}, jobs, only, retry_failed, extra, log, codes)
-    if stopped:
-        return codes
-    choices = choose_lrs(suite, record.read_all(suite, summaries))
+    tuning: List[Run] = []
+    while True:  # the declared grids, then each point the edge rule adds, until none is added
+        choices = choose_lrs(suite, record.read_all(suite, summaries))
+        more = [r for r in tuning_runs(suite, choices) if r not in tuning]
+        if not more:
+            break
+        tuning += more
+        if _run_stage(suite, out, summaries, more, {}, jobs, only, retry_failed, extra, log, codes):
+            return codes
     for name, choice in choices.items():
         log(f"[race] lr of {suite.labels[name]}: {choice.reason}")
     _run_stage(suite, out, summaries, suite.compare_runs(), choices, jobs, only, retry_failed, extra, log, codes)

@@ -176,9 +176,10 @@ def read_summary(summaries: str, run: Run) -> Optional[dict]:
 
 
 def read_all(suite: Suite, summaries: str) -> Dict[Run, dict]:
-    """{run: summary} of every run the suite declares whose summary exists."""
+    """{run: summary} of every run the suite declares, or its edge rule could add, whose
+    summary exists."""
     out = {}
-    for run in suite.all_runs():
+    for run in suite.all_runs() + suite.edge_runs():
         s = read_summary(summaries, run)
         if s is not None:
             out[run] = s

@@ -68,7 +68,11 @@ def prereg_lines(res: RaceResults) -> List[str]:
     if suite.tuning:
         lines.append(f"- **Tuning seeds** (lr choice only, never compared): {_seed_text(suite.tuning.seeds)}; every tuned arm "
                      f"has a grid of {suite.tuning.grid_size} lrs; the chosen lr is the best mean {METRIC_NAMES[p.primary_metric]} "
-                     "over the tuning seeds among the points that did not diverge on any of them.")
+                     "over the tuning seeds among the points that did not diverge on any of them."
+                     + (f" A best mean at an edge of the grid adds the next point beyond that edge (the grid's factor), up to "
+                        f"{suite.tuning.extend_at_edge} per arm." if suite.tuning.extend_at_edge else ""))
+        if suite.tuning.amended:
+            lines.append(f"- **Amended after runs began** (tuning): {suite.tuning.amended}")
     for group in EQUIVALENCE_GROUPS:
         if group in p.margins:
             lines.append(f"- **Equivalence margin, {group}**: ±{p.margins[group]:g} {METRIC_NAMES[p.primary_metric]} (TOST).")
@@ -105,8 +109,8 @@ def problem_lines(res: RaceResults) -> List[str]:
                                           f"(residual {sharp['residuals'][-1]:.2g} > {sharp.get('tol', plan.tol):g})")
     if not problems and not missing_probes:
         return ["None: every declared run has its summary, and every planned flatness probe settled."]
-    total = len(res.suite.all_runs())
-    lines = [f"{len(problems)} of {total} declared runs are missing, failed or stale; a verdict that needed one is "
+    total = len(res.needed_runs())
+    lines = [f"{len(problems)} of {total} runs needed are missing, failed or stale; a verdict that needed one is "
              "undecided (diverged runs are not here: they are an outcome, in the diverged columns)."]
     if problems:
         lines += [""] + [f"- {p}" for p in problems[:60]]
@@ -203,7 +207,8 @@ def tuning_lines(res: RaceResults) -> List[str]:
     for name, choice in res.choices.items():
         for lr, values, diverged, missing in choice.points:
             chosen = "**yes**" + (" (edge of the grid)" if choice.edge else "") if choice.lr == lr else ""
-            lines.append(f"| {res.labels[name]} | {lr:g} | {values.fmt(1)} | {len(diverged) or ''} | {len(missing) or ''} | "
+            added = " (edge rule)" if lr in choice.added else ""
+            lines.append(f"| {res.labels[name]} | {lr:g}{added} | {values.fmt(1)} | {len(diverged) or ''} | {len(missing) or ''} | "
                          f"{chosen} |")
     undecided = [f"{res.labels[n]}: {c.reason}" for n, c in res.choices.items() if c.lr is None]
     if undecided:
@@ -410,7 +415,7 @@ def setup_lines(res: RaceResults) -> List[str]:
     lines = [f"- **Machine(s)**: {'; '.join(machines) or '–'}; {'/'.join(threads) or '?'} torch thread(s) per run, "
              f"device `{'/'.join(devices) or '?'}`.",
              f"- **Mode**: {suite.mode.replace('_', ' ')}; {len(finished)} finished runs (tuning included) of "
-             f"{len(suite.all_runs())} declared; iterations per run: {', '.join(map(str, iters)) or '–'}.",
+             f"{len(res.needed_runs())} needed ({len(suite.all_runs())} declared, the rest added by the edge rule); iterations per run: {', '.join(map(str, iters)) or '–'}.",
              f"- **Code**: commit(s) {', '.join(commits) or '–'} (\"+changes\": the tree had uncommitted changes).",
              f"- **Arms**: `configs/compare/*.yaml`, listed in `{_rel(suite.path)}`; the data behind this page: "
              f"`{_rel(res.summaries_dir or '')}`."]

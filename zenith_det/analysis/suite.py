@@ -12,6 +12,9 @@
     tuning:                   # the lr tuning stage: each `lr: {tune: [...]}` arm trains every point of
       seeds: [100, 101]       # its grid on these seeds (never comparison seeds), and the best mean
       grid_size: 4            # primary metric is its lr for the comparison; every grid has this size
+      extend_at_edge: 2       # optional (default 0): a best mean at an edge of the grid adds the next
+                              # point beyond it (the grid's factor there), up to this many per arm
+      amended: "..."          # optional: when and why the tuning rule changed after runs began
     preregistration:
       primary_metric: bbox/AP
       alpha: 0.05
@@ -149,6 +152,17 @@ class PowerPlan:
 class Tuning:
     seeds: List[int]
     grid_size: int
+    extend_at_edge: int = 0  # points an arm may add beyond an edge its best mean lies at
+    amended: Optional[str] = None  # a change to the rule made after runs began, and why
+
+
+def extend_grid(grid: Sequence[float], low: bool) -> List[float]:
+    """`grid` (ascending) with the next point beyond its low or high edge, one step of the
+    grid's own factor at that edge (0.01, 0.02, ... -> 0.005, 0.01, 0.02, ...)."""
+    grid = list(grid)
+    if low:
+        return [grid[0] / (grid[1] / grid[0])] + grid
+    return grid + [grid[-1] * (grid[-1] / grid[-2])]
 
 
 @dataclasses.dataclass
@@ -194,12 +208,29 @@ class Suite:
         return [(a, s) for s in seeds for a in self.arms if s in a.seeds]
 
     def tuning_runs(self) -> List[Run]:
-        """Every tuned arm at every grid point on every tuning seed, seed-major."""
+        """Every tuned arm at every point of its declared grid on every tuning seed, seed-major
+        (the points the edge rule adds come later: `edge_runs`)."""
         tuned = [a for a in self.arms if a.lr.kind == "tune"]
         if not tuned or self.tuning is None:
             return []
         return [Run(a.name, s, "tune", a.lr.grid[i]) for s in self.tuning.seeds for i in range(self.tuning.grid_size)
                 for a in tuned]
+
+    def edge_runs(self) -> List[Run]:
+        """Every run the edge rule could add: each tuned arm's points beyond either edge of
+        its grid, up to `tuning.extend_at_edge` on each side, on the tuning seeds."""
+        if self.tuning is None or not self.tuning.extend_at_edge:
+            return []
+        runs = []
+        for a in self.arms:
+            if a.lr.kind != "tune":
+                continue
+            for low in (True, False):
+                grid = sorted(a.lr.grid)
+                for _ in range(self.tuning.extend_at_edge):
+                    grid = extend_grid(grid, low)
+                    runs += [Run(a.name, s, "tune", grid[0] if low else grid[-1]) for s in self.tuning.seeds]
+        return runs
 
     def compare_runs(self) -> List[Run]:
         return [Run(a.name, s) for a, s in self.runs()]
@@ -343,7 +374,16 @@ def _tuning(raw, path, suite: Suite) -> Optional[Tuning]:
     size = raw.get("grid_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 2:
         raise UserError(f"{path}: tuning.grid_size must be an integer >= 2, got {size!r}")
-    return Tuning(seeds, size)
+    unknown = sorted(set(raw) - {"seeds", "grid_size", "extend_at_edge", "amended"})
+    if unknown:
+        raise UserError(f"{path}: tuning.{unknown[0]} is not a field; the fields are seeds, grid_size, extend_at_edge, amended")
+    extend = raw.get("extend_at_edge", 0)
+    if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
+        raise UserError(f"{path}: tuning.extend_at_edge must be an integer >= 0 (points added beyond an edge), got {extend!r}")
+    amended = raw.get("amended")
+    if amended is not None and (not isinstance(amended, str) or not amended.strip()):
+        raise UserError(f"{path}: tuning.amended must say, in words, when and why the rule changed; got {amended!r}")
+    return Tuning(seeds, size, extend, amended)
 
 
 def _preregistration(raw, path, suite: Suite) -> Preregistration:

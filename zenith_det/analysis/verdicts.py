@@ -26,7 +26,7 @@ import math
 import statistics
 from typing import Dict, List, Optional, Tuple
 
-from .race import choose_lrs, resolve_lr, same_lr
+from .race import choose_lrs, resolve_lr, same_lr, tuning_runs
 from .stats import Summary, beyond_margin_p, holm, paired_t_p, pooled_sd, tost_p
 from .suite import Run, Suite
 
@@ -103,10 +103,14 @@ class RaceResults:
         names = arms if arms is not None else [a.name for a in self.suite.arms]
         return pooled_sd([list(self.values(a).values()) for a in names])
 
+    def needed_runs(self) -> List[Run]:
+        """Every run the verdicts need: the declared ones and those the edge rule added."""
+        return tuning_runs(self.suite, self.choices) + self.suite.compare_runs()
+
     def problems(self) -> List[str]:
-        """Every declared run that is missing, failed or stale, named."""
+        """Every needed run that is missing, failed or stale, named."""
         out = []
-        for run in self.suite.all_runs():
+        for run in self.needed_runs():
             s = self.summaries.get(run)
             if run.stage == "tune":
                 status = "missing" if s is None else s["status"]
