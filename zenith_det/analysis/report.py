@@ -415,7 +415,8 @@ def setup_lines(res: RaceResults) -> List[str]:
     lines = [f"- **Machine(s)**: {'; '.join(machines) or '–'}; {'/'.join(threads) or '?'} torch thread(s) per run, "
              f"device `{'/'.join(devices) or '?'}`.",
              f"- **Mode**: {suite.mode.replace('_', ' ')}; {len(finished)} finished runs (tuning included) of "
-             f"{len(res.needed_runs())} needed ({len(suite.all_runs())} declared, the rest added by the edge rule); iterations per run: {', '.join(map(str, iters)) or '–'}.",
+             f"{len(res.needed_runs())} needed ({len(suite.all_runs())} declared, the rest added by the edge rule); "
+             f"iterations per run: {', '.join(map(str, iters)) or '–'}.",
              f"- **Code**: commit(s) {', '.join(commits) or '–'} (\"+changes\": the tree had uncommitted changes).",
              f"- **Arms**: `configs/compare/*.yaml`, listed in `{_rel(suite.path)}`; the data behind this page: "
              f"`{_rel(res.summaries_dir or '')}`."]
