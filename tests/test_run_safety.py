@@ -20,6 +20,7 @@ import torchvision
 from conftest import FAST_CLI, REPO, SYNTHETIC_CONFIG, load_tool
 from zenith_det.engine import AtomicCheckpointer, Trainer, default_setup
 from zenith_det.engine import defaults as engine_defaults
+from zenith_det.engine import precise_bn as engine_precise_bn
 from zenith_det.engine.run_lock import acquire_run_lock
 from zenith_det.errors import UserError
 from zenith_det.utils import fileio
@@ -351,6 +352,32 @@ def test_sigterm_during_final_evaluation_exits_75_and_resume_evaluates(datasets_
     code, err = cli(args + ["--resume"], capsys)
     assert code == 0, err
     assert (out / "inference" / "coco_instances_results.json").exists()
+
+
+def test_sigterm_during_the_batchnorm_recomputation_exits_75_and_resume_finishes(datasets_root, tmp_path, capsys,
+                                                                              monkeypatch):
+    # A stop inside fvcore's update_bn_stats (an evaluation's TEST.PRECISE_BN) used to leave its hooks on
+    # the BatchNorm layers: the stop checkpoint's own recomputation then failed, exit 1 and no checkpoint.
+    out = tmp_path / "run"
+    args = ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", "DATASETS.TEST", "('synthetic_shapes_val',)",
+            "TEST.EVAL_PERIOD", "1", "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2"]
+    real_forward = engine_precise_bn._TrainingForward.forward
+    sent = []
+
+    def forward_then_stop(self, batch):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_forward(self, batch)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine_precise_bn._TrainingForward, "forward", forward_then_stop)
+        code, err = cli(args, capsys)
+    assert sent and code == 75, err
+    assert (out / "last_checkpoint").exists()
+    code, err = cli(args + ["--resume"], capsys)
+    assert code == 0, err
+    assert (out / "model_final.pth").exists() and (out / "inference" / "coco_instances_results.json").exists()
 
 
 def test_sigterm_during_final_checkpoint_exits_75_with_the_checkpoint(datasets_root, tmp_path, capsys, monkeypatch):

@@ -5,6 +5,7 @@ evaluate other weights than they train (schedule-free's averaged point) they
 belong to the wrong weights altogether. fvcore's `update_bn_stats` recomputes the
 true average over fixed weights; this module feeds it training batches.
 """
+import contextlib
 import itertools
 import warnings
 
@@ -56,12 +57,49 @@ def recompute_bn_stats(model: torch.nn.Module, batches, num_batches: int) -> int
     saved = rng_state()
     # num_batches_tracked counts training batches; these forwards are not training
     counters = [(m, m.num_batches_tracked.clone()) for m in bn_layers if m.num_batches_tracked is not None]
+    before = [(m, m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in bn_layers]
     try:
         device = next(model.parameters()).device
-        precise_bn.update_bn_stats(_TrainingForward(model, device), itertools.islice(batches, num_batches), num_batches)
+        with _hooks_removed_whatever_happens(bn_layers):
+            precise_bn.update_bn_stats(_TrainingForward(model, device), itertools.islice(batches, num_batches), num_batches)
+    except BaseException:
+        # Stopped part-way (a stop signal raises inside a forward): fvcore restores the
+        # momentum and sets the statistics only when it completes, so put back what was there.
+        for m, momentum, mean, var in before:
+            m.momentum = momentum
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+        raise
     finally:
         set_rng_state(saved)
         for m, count in counters:
             m.num_batches_tracked.copy_(count)
         model.train(was_training)
     return num_batches
+
+
+@contextlib.contextmanager
+def _hooks_removed_whatever_happens(bn_layers):
+    """fvcore's update_bn_stats removes the forward pre-hooks it puts on each BatchNorm
+    layer only when it completes. Left behind by a stop part-way, they fail the next
+    forward ("Some BN layers are reused"): the final checkpoint's own recomputation, say.
+    The handles are kept as fvcore makes them (each layer's register_forward_pre_hook,
+    wrapped for the call) and removed on the way out, whatever happens."""
+    handles = []
+
+    def keeping(register):
+        def register_and_keep(*args, **kwargs):
+            handle = register(*args, **kwargs)
+            handles.append(handle)
+            return handle
+        return register_and_keep
+
+    for m in bn_layers:
+        m.register_forward_pre_hook = keeping(m.register_forward_pre_hook)
+    try:
+        yield
+    finally:
+        for m in bn_layers:
+            del m.register_forward_pre_hook  # the class's method again
+        for handle in handles:
+            handle.remove()  # a second removal of one fvcore removed is harmless
