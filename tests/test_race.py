@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_tool
-from zenith_det.analysis import power, race, record, report, stats, verdicts
+from zenith_det.analysis import claims, power, race, record, report, report_tables, results, stats, verdicts, weight_claims
 from zenith_det.analysis.metrics import load_metrics
 from zenith_det.analysis.overhead import measure_iteration_costs, ratio_summary, within_noise
 from zenith_det.analysis.suite import Run
@@ -281,7 +281,7 @@ def test_the_shipped_suites_are_fair_powered_and_build_a_config_for_every_run(pa
             assert cfg.SOLVER.MAX_ITER >= 10 * 5
     assert (opts[opts.index("MODEL.DEVICE") + 1] == "cuda") if "gpu" in path else "MODEL.DEVICE" not in opts
     # powered: every planned family reaches the target at its declared seeds
-    res = verdicts.RaceResults(suite, {})
+    res = results.RaceResults(suite, {})
     lines = "\n".join(report.power_lines(res))
     for group in suite.power.families:
         row = next(line for line in lines.splitlines() if line.startswith(f"| {group} |"))
@@ -393,7 +393,7 @@ def _results(suite, summaries):
 
 
 def _rows(res):
-    return {r["claim"].split(" (")[0]: r for r in verdicts.claim_rows(res)}
+    return {r["claim"].split(" (")[0]: r for r in claims.claim_rows(res)}
 
 
 # ------------------------------------------------------------------------------ tuning
@@ -453,7 +453,7 @@ def test_the_edge_rule_searches_beyond_an_edge_until_the_best_is_inside(tmp_path
     sgd = res.choices["sgd"]
     assert sgd.lr == 0.00125 and sgd.edge and sgd.added == (0.0025, 0.00125)
     assert res.status("sgd", 0) == "stale"  # trained at 0.005, no longer the choice
-    text = "\n".join(report.tuning_lines(res) + report.prereg_lines(res))
+    text = "\n".join(report_tables.tuning_lines(res) + report.prereg_lines(res))
     assert "| SGD | 0.00125 (edge rule) | 44.0" in text and "**yes** (edge of the grid)" in text
     assert "up to 2 per arm" in text and "Amended after runs began** (tuning): a test" in text
     assert len(res.needed_runs()) == len(suite.all_runs()) + 6
@@ -536,7 +536,7 @@ def test_holm_decides_within_the_family(tmp_path):
     suite = _load(tmp_path)
     _fake_race(suite, suite.summaries, zenith_gain=0.2)
     res = _results(suite, suite.summaries)
-    raw = [stats.paired_t_p(verdicts.pair(res, "zenith", a).diff) for a in ("sgd",)]
+    raw = [stats.paired_t_p(results.pair(res, "zenith", a).diff) for a in ("sgd",)]
     tested = verdicts.superiority(res, "zenith", ["sgd"])
     assert tested[0].p_adj == pytest.approx(stats.holm(raw)[0])
     tost, beyond, margin = verdicts.equivalence(res, "W")
@@ -555,7 +555,7 @@ def test_a_diverged_run_is_its_own_outcome_not_zero_ap(tmp_path):
     assert "(n=5) (1 pair left out: diverged)" in row["numbers"]
     assert row["verdict"] == verdicts.SUPPORTED  # the AP test on the five that finished
     assert not any("ZENITH x2 seed 4" in p for p in res.problems())  # an outcome, not a missing run
-    text = "\n".join(report.grid_lines(res, "eta0"))
+    text = "\n".join(report_tables.grid_lines(res, "eta0"))
     assert "| ZENITH x2 | 0.04 | 0.008 | 0.200 | 5/6 |" in text
 
 
@@ -596,7 +596,7 @@ def test_weight_decay_the_test_cannot_see_is_not_tested(tmp_path):
     # ZENITH: wd 1e-4 x sum of lr_eff (0.004 x 100) / (1 - 0.9) -> 1 - exp(-4e-4) = 0.04%
     assert "ZENITH 0.04%" in row["numbers"] and "a test needs 5% (declared)" in row["numbers"]
     s = record.read_summary(suite.summaries, Run("zenith", 0))
-    assert s["lr_integral"] == pytest.approx(0.4) and verdicts.decay_shrink(s) == pytest.approx(1 - math.exp(-4e-4))
+    assert s["lr_integral"] == pytest.approx(0.4) and weight_claims.decay_shrink(s) == pytest.approx(1 - math.exp(-4e-4))
 
 
 def test_flatness_is_compared_only_between_matched_final_lrs(tmp_path):
@@ -604,7 +604,7 @@ def test_flatness_is_compared_only_between_matched_final_lrs(tmp_path):
     _fake_race(suite, suite.summaries, eigen_gap=5.0, sgd_final_lr=0.0002)  # 20x apart, as in the earlier race
     row = _rows(_results(suite, suite.summaries))["flatter minima"]
     assert row["verdict"] == verdicts.UNDECIDED and "Confounded" in row["numbers"] and "20x ZENITH's" in row["numbers"]
-    text = "\n".join(report.flatness_lines(_results(suite, suite.summaries)))
+    text = "\n".join(report_tables.flatness_lines(_results(suite, suite.summaries)))
     assert "| SGD | 0 | 25.0 | 2 | 0.01 | yes | 0.0002 | 19000 | 0.001 |" in text
     # an unsettled power iteration does not count
     s = record.read_summary(suite.summaries, Run("sgd", 1))
@@ -619,7 +619,7 @@ def test_skipped_steps_are_counted_per_run(tmp_path):
     _fake_race(suite, suite.summaries)
     _fake_run(suite, suite.summaries, Run("sgd", 2), 40.0, 0.005, "SGD", skipped=(3, 0))
     res = _results(suite, suite.summaries)
-    table = "\n".join(report.arm_table(res, ["zenith", "sgd"]))
+    table = "\n".join(report_tables.arm_table(res, ["zenith", "sgd"]))
     assert "| 3 / 0 |" in table and "| 0 / 0 |" in table
 
 

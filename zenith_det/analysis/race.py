@@ -35,7 +35,8 @@ from ..exit_codes import PREEMPTED
 from ..utils.fileio import atomic_write_json
 from . import record
 from .record import COSTS, FAILED, SHARPNESS, STATS  # noqa: F401  (the names other modules use)
-from .suite import MODES, Arm, Run, Suite, extend_grid, load_suite  # noqa: F401
+from .suite import MODES, Arm, Run, Suite, extend_grid  # noqa: F401
+from .suite_file import load_suite  # noqa: F401  (the name tools and tests use)
 from .stats import Summary
 
 # ------------------------------------------------------------------------------------ the lrs
