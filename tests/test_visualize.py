@@ -15,6 +15,7 @@ from zenith_det.data import DatasetMetadata, get_detection_dataset
 from zenith_det.engine import EventStorage
 from zenith_det.engine.visualize_hook import VisualizePredictions
 from zenith_det.modeling import build_model
+from zenith_det.utils.budget import BudgetClock
 from zenith_det.visualization import (
     CROWD_COLOR,
     KEYPOINT_COLOR,
@@ -313,6 +314,24 @@ def test_hook_writes_pictures_to_tensorboard_after_each_evaluation_only(datasets
     for images in events.values():
         assert [e.step for e in images] == [4, 6]
         assert {(e.height, e.width) for e in images} <= sizes
+
+
+def test_the_budget_keeps_the_time_the_pictures_take(datasets_root, tmp_path):
+    trainer = _fake_trainer(tmp_path, 2)
+    ticks = iter(range(0, 1000, 7))  # each reading of the clock is 7 s after the one before
+    trainer.clock = BudgetClock(3600.0, clock=lambda: float(next(ticks)))
+    before = trainer.clock.reserve()
+    hook = VisualizePredictions()
+    hook.trainer = trainer
+    with EventStorage() as trainer.storage:
+        trainer.storage.put_scalar("eval_seconds", 1.0, smoothing_hint=False)
+        trainer.completed_iters = 4
+        hook.after_step()
+    # the wall-clock budget now stops training early enough for the final evaluation's pictures
+    assert trainer.clock.picture_seconds == 7.0 and trainer.clock.reserve() == before + 7.0
+    resumed = BudgetClock(3600.0)
+    resumed.load_state_dict(trainer.clock.state_dict())
+    assert resumed.picture_seconds == 7.0
 
 
 def test_hook_with_vis_images_0_writes_nothing(datasets_root, tmp_path):

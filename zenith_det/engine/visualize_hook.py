@@ -8,7 +8,9 @@ weights just evaluated (`trainer.evaluation_model()`, DDP unwrapped) in eval mod
 on the first TEST.VIS_IMAGES images of the first DATASETS.TEST dataset and adds
 each as "predictions/<dataset>/<image file>" (ground truth | predictions at score
 >= score_threshold) to an event file in OUTPUT_DIR, at step = iterations done.
-The model's train/eval mode is restored; no random state is drawn.
+The model's train/eval mode is restored; no random state is drawn. The time the
+pictures took goes to the trainer's budget clock (`picture_seconds`), which keeps that
+much for the pictures after the final evaluation.
 """
 import logging
 
@@ -54,12 +56,16 @@ class VisualizePredictions(HookBase):
         if num <= 0 or not cfg.DATASETS.TEST or not comm.is_main_process():
             return
         step = self.trainer.completed_iters
+        clock = getattr(self.trainer, "clock", None)
+        start = clock.now() if clock is not None else None
         try:
             pictures = self._draw(cfg, num)
         except Exception as e:  # a picture is not worth the run: say so and train on
             logger.warning("No pictures of predictions at iteration %d: %s: %s", step, type(e).__name__, e)
             return
         self._write(cfg.OUTPUT_DIR, pictures, step)
+        if clock is not None:  # the wall-clock budget keeps this much for the pictures after the final evaluation
+            clock.picture_seconds = clock.now() - start
 
     def _draw(self, cfg, num):
         from ..data import get_detection_dataset

@@ -28,6 +28,9 @@ class BudgetClock:
         self.step_seconds: Optional[float] = None
         self.checkpoint_seconds = 0.0
         self.eval_seconds: Optional[float] = None
+        # The pictures of predictions drawn after each evaluation (TEST.VIS_IMAGES), the final
+        # one's included: as last measured, 0 while none were drawn.
+        self.picture_seconds = 0.0
         # Before the first evaluation is measured, its cost is estimated from the test
         # set's size (see expected_eval_seconds); 0 images = no evaluation to reserve for.
         self.eval_images = 0
@@ -62,8 +65,9 @@ class BudgetClock:
         return self.eval_images * (per_image + COCOEVAL_SECONDS_PER_IMAGE)
 
     def reserve(self) -> float:
-        """Seconds to keep for one more step, the final checkpoint and the final evaluation."""
-        return (self.step_seconds or 0.0) + self.checkpoint_seconds + self.expected_eval_seconds()
+        """Seconds to keep for one more step, the final checkpoint, the final evaluation and
+        the pictures drawn after it."""
+        return (self.step_seconds or 0.0) + self.checkpoint_seconds + self.expected_eval_seconds() + self.picture_seconds
 
     def exhausted(self) -> bool:
         return self.max_seconds > 0 and self.elapsed() + self.reserve() >= self.max_seconds
@@ -71,11 +75,13 @@ class BudgetClock:
     def state_dict(self) -> dict:
         # The timings too: a resumed run must not start blind to how long a step takes.
         return {"spent_seconds": self.elapsed(), "step_seconds": self.step_seconds,
-                "checkpoint_seconds": self.checkpoint_seconds, "eval_seconds": self.eval_seconds}
+                "checkpoint_seconds": self.checkpoint_seconds, "eval_seconds": self.eval_seconds,
+                "picture_seconds": self.picture_seconds}
 
     def load_state_dict(self, state: dict) -> None:
         self.spent_before = float(state["spent_seconds"])
         self.checkpoint_seconds = float(state.get("checkpoint_seconds") or 0.0)
+        self.picture_seconds = float(state.get("picture_seconds") or 0.0)
         for key in ("step_seconds", "eval_seconds"):
             if state.get(key) is not None:
                 setattr(self, key, float(state[key]))
