@@ -455,7 +455,8 @@ def test_the_edge_rule_searches_beyond_an_edge_until_the_best_is_inside(tmp_path
     assert res.status("sgd", 0) == "stale"  # trained at 0.005, no longer the choice
     text = "\n".join(report_tables.tuning_lines(res) + report.prereg_lines(res))
     assert "| SGD | 0.00125 (edge rule) | 44.0" in text and "**yes** (edge of the grid)" in text
-    assert "up to 2 per arm" in text and "Amended after runs began** (tuning): a test" in text
+    assert "up to 2 per arm" in text and "Amended after runs began** (tuning): a test." in text
+    assert "(0.005, 0.01) on tuning seeds 100, 101; the edge rule added 0.0025, 0.00125 | 0.00125 |" in text
     assert len(res.needed_runs()) == len(suite.all_runs()) + 6
 
 

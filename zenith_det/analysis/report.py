@@ -61,7 +61,7 @@ def prereg_lines(res: RaceResults) -> List[str]:
                      + (f" A best mean at an edge of the grid adds the next point beyond that edge (the grid's factor), up to "
                         f"{suite.tuning.extend_at_edge} per arm." if suite.tuning.extend_at_edge else ""))
         if suite.tuning.amended:
-            lines.append(f"- **Amended after runs began** (tuning): {suite.tuning.amended}")
+            lines.append(f"- **Amended after runs began** (tuning): {suite.tuning.amended.strip().rstrip('.')}.")
     for group in EQUIVALENCE_GROUPS:
         if group in p.margins:
             lines.append(f"- **Equivalence margin, {group}**: ±{p.margins[group]:g} {METRIC_NAMES[p.primary_metric]} (TOST).")
@@ -78,7 +78,9 @@ def prereg_lines(res: RaceResults) -> List[str]:
     lines += ["", "| arm | group | seeds | how its lr is chosen | lr |", "|---|---|---|---|---|"]
     tuning_seeds = suite.tuning.seeds if suite.tuning else ()
     for arm in suite.arms:
-        lines.append(f"| {arm.label} | {arm.group} | {len(arm.seeds)} | {arm.lr.describe(res.labels, tuning_seeds)} | "
+        choice = res.choices.get(arm.name)
+        added = f"; the edge rule added {', '.join(f'{v:g}' for v in choice.added)}" if choice and choice.added else ""
+        lines.append(f"| {arm.label} | {arm.group} | {len(arm.seeds)} | {arm.lr.describe(res.labels, tuning_seeds)}{added} | "
                      f"{lr_used(res, arm.name)} |")
     return lines
 
