@@ -10,7 +10,7 @@ from typing import List
 from . import record
 from .results import METRIC_NAMES, SECONDARY, RaceResults, pair
 from .stats import Summary
-from .verdicts import equivalence, start_decision, start_name
+from .verdicts import equivalence, interval_text, start_decision, start_name
 from .weight_claims import normalized_sharpness, sharpness_of
 
 
@@ -50,13 +50,7 @@ def _cell(res: RaceResults, arm: str, key: str) -> str:
 def _diff_cell(res: RaceResults, arm: str, key: str) -> str:
     if arm == res.reference:
         return "–"
-    d = pair(res, arm, res.reference, key).diff
-    if d.n == 0:
-        return "–"
-    if d.n == 1:
-        return f"{d.mean:+.1f}"
-    lo, hi = d.ci95()
-    return f"{d.mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+    return interval_text(pair(res, arm, res.reference, key).diff, empty="–", count=False)
 
 
 def _skipped(res: RaceResults, arm: str) -> str:

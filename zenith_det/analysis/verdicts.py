@@ -46,13 +46,15 @@ def holm_family(tested: List[Tested]) -> List[Tested]:
     return tested
 
 
-def interval_text(d: Summary, digits: int = 1) -> str:
+def interval_text(d: Summary, digits: int = 1, empty: str = "no pairs", count: bool = True) -> str:
+    """The mean difference with its 95% t interval (none for one pair), and the number of pairs."""
     if d.n == 0:
-        return "no pairs"
+        return empty
+    n = f" (n={d.n})" if count else ""
     if d.n == 1:
-        return f"{d.mean:+.{digits}f} (n=1)"
+        return f"{d.mean:+.{digits}f}{n}"
     lo, hi = d.ci95()
-    return f"{d.mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] (n={d.n})"
+    return f"{d.mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{n}"
 
 
 def p_text(p: float) -> str:
