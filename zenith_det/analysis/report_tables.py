@@ -14,9 +14,6 @@ from .verdicts import equivalence, interval_text, start_decision, start_name
 from .weight_claims import normalized_sharpness, sharpness_of
 
 
-METRICS = (("bbox/AP", "box AP"), ("bbox/AP50", "box AP50"), ("segm/AP", "mask AP"), ("segm/AP50", "mask AP50"))
-
-
 def lr_used(res: RaceResults, arm: str) -> str:
     lr, waiting = res.lrs[arm]
     if waiting is not None:
@@ -75,7 +72,7 @@ def _bn(summary: dict) -> str:
 
 def arm_table(res: RaceResults, arms: List[str]) -> List[str]:
     metric = METRIC_NAMES[res.metric]
-    head = (["arm", "optimizer", "lr", "runs"] + [name for _, name in METRICS]
+    head = (["arm", "optimizer", "lr", "runs"] + list(METRIC_NAMES.values())
             + [f"Δ {metric} (arm − {res.labels[res.reference]})", f"Δ {METRIC_NAMES[SECONDARY]}", "diverged",
                "skipped steps (loss / grad)", "iters", "s / iter", "state B/param", "syncs / step"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
@@ -86,7 +83,7 @@ def arm_table(res: RaceResults, arms: List[str]) -> List[str]:
         gone = res.diverged(arm)
         steps = [st["step_seconds_median"] for st in stats if st.get("step_seconds_median")]
         row = [res.labels[arm], res.optimizer(arm) or "–", lr_used(res, arm), f"{len(ok)}/{len(res.suite.arm(arm).seeds)}"]
-        row += [_cell(res, arm, key) for key, _ in METRICS]
+        row += [_cell(res, arm, key) for key in METRIC_NAMES]
         row += [_diff_cell(res, arm, res.metric), _diff_cell(res, arm, SECONDARY), str(len(gone)) if gone else "0",
                 _skipped(res, arm)]
         row += ["/".join(sorted({str(st.get("iterations")) for st in stats})) or "–",

@@ -51,7 +51,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 MODES = ("iterations", "wall_clock")
 GROUPS = ("main", "automatic", "start", "eta0", "W", "weight decay")
 EQUIVALENCE_GROUPS = ("eta0", "W")  # "insensitive to ...": equivalence tests with a declared margin
-METRICS = ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50")
+METRIC_NAMES = {"bbox/AP": "box AP", "bbox/AP50": "box AP50", "segm/AP": "mask AP", "segm/AP50": "mask AP50"}
+METRICS = tuple(METRIC_NAMES)
 STARTS = ("partial", "full", "after_warmup")  # SOLVER.ZENITH.START
 CORRECTIONS = ("holm",)
 LR_KINDS = ("tune", "from", "fixed", "none")
