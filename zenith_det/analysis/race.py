@@ -48,10 +48,9 @@ class Choice:
     why it is what it is, whether the lr lies at an edge of the grid searched, and how many
     points the edge rule added (`added`, the first or last of `points`)."""
 
-    def __init__(self, arm: str, lr: Optional[float], points: List[tuple], reason: str, edge: bool = False,
-                 added: Sequence[float] = ()):
+    def __init__(self, arm: str, lr: Optional[float], points: List[tuple], reason: str, edge: bool = False):
         self.arm, self.lr, self.points, self.reason, self.edge = arm, lr, points, reason, edge
-        self.added = tuple(added)
+        self.added: Tuple[float, ...] = ()  # set by choose_lrs
 
 
 def choose_lrs(suite: Suite, summaries: Dict[Run, dict]) -> Dict[str, Choice]:
@@ -65,8 +64,7 @@ def choose_lrs(suite: Suite, summaries: Dict[Run, dict]) -> Dict[str, Choice]:
             continue
         grid, added = sorted(arm.lr.grid), []
         choice = _choose(suite, arm, grid, summaries)
-        limit = suite.tuning.extend_at_edge if suite.tuning else 0
-        while choice.lr is not None and choice.edge and len(added) < limit:
+        while choice.lr is not None and choice.edge and len(added) < suite.tuning.extend_at_edge:
             low = choice.lr == grid[0]
             grid = extend_grid(grid, low)
             added.append(grid[0] if low else grid[-1])
