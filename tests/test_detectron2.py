@@ -25,7 +25,7 @@ from detectron2.solver import build_lr_scheduler  # noqa: E402
 import zenith_det.detectron2 as zd2  # noqa: E402
 from zenith_det.detectron2 import solver as zd2_solver  # noqa: E402
 from zenith_det.errors import UserError  # noqa: E402
-from zenith_det.solver import Zenith  # noqa: E402
+from zenith_det.solver import Zenith, norm_history  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "detectron2")
@@ -90,6 +90,7 @@ def test_add_zenith_config_adds_keys_and_keeps_existing_ones():
     assert cfg.is_frozen()
     assert cfg.SOLVER.OPTIMIZER == "SGD"
     assert cfg.SOLVER.ZENITH.WINDOW == 500
+    assert cfg.SOLVER.ZENITH.START == norm_history.DEFAULT_START  # as our own configs and Zenith
     assert cfg.SOLVER.MAX_TIME_HOURS == 0.0
     assert cfg.DATASETS.REGISTER == []
     assert cfg.SOLVER.BETAS == (0.8, 0.9) and cfg.SOLVER.EPS == 1e-8

@@ -246,7 +246,7 @@ def test_an_earlier_run_without_checkpoint_counts(tiny_cfg, leftover):
 @pytest.mark.parametrize("key, value, shown", [
     ("SOLVER.OPTIMIZER", "SGD", "'SGD' here but 'ZENITH'"),
     ("SOLVER.ZENITH.WINDOW", "9", "9 here but 5"),
-    ("SOLVER.ZENITH.START", "full", "'full' here but 'partial'"),
+    ("SOLVER.ZENITH.START", "partial", "'partial' here but 'full'"),
     ("MODEL.META_ARCHITECTURE", "FasterRCNN", "'FasterRCNN' here but 'MaskRCNN'"),
     ("MODEL.BACKBONE.NAME", "resnet18_fpn", "'resnet18_fpn' here but 'tiny_fpn'"),
     ("DATASETS.TRAIN", "('synthetic_shapes_val',)", "('synthetic_shapes_val',) here but ('synthetic_shapes_train',)"),

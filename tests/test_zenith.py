@@ -541,9 +541,10 @@ def test_zenith_scheduler_matches_zenith_multiplier_and_restores_lr():
     a = torch.nn.Linear(5, 2)
     b = torch.nn.Linear(5, 2)
     b.load_state_dict(a.state_dict())
-    zen = Zenith(a.parameters(), lr=0.1, window=4)
+    # "partial": the multiplier leaves 1 from the second step, so the two are compared on it throughout.
+    zen = Zenith(a.parameters(), lr=0.1, window=4, start="partial")
     adam = torch.optim.AdamW(b.parameters(), lr=1e-2, fused=True)
-    sched = ZenithScheduler(adam, window=4)
+    sched = ZenithScheduler(adam, window=4, start="partial")
     warmup = torch.optim.lr_scheduler.LambdaLR(adam, lambda it: min(1.0, (it + 1) / 3))
     for t in range(12):
         for pa, pb in zip(a.parameters(), b.parameters()):
@@ -556,7 +557,7 @@ def test_zenith_scheduler_matches_zenith_multiplier_and_restores_lr():
         assert sched.multiplier().item() == pytest.approx(zen.multiplier().item(), rel=1e-6)
         assert adam.param_groups[0]["lr"] == pytest.approx(1e-2 * min(1.0, (t + 2) / 3))
     assert sched.multiplier().item() < 1.0
-    restored = ZenithScheduler(torch.optim.AdamW(b.parameters(), lr=1e-2, fused=True), window=4)
+    restored = ZenithScheduler(torch.optim.AdamW(b.parameters(), lr=1e-2, fused=True), window=4, start="partial")
     restored.load_state_dict(sched.state_dict())
     assert torch.equal(restored.multiplier(), sched.multiplier())
 
@@ -564,7 +565,7 @@ def test_zenith_scheduler_matches_zenith_multiplier_and_restores_lr():
 def test_zenith_scheduler_scales_the_update():
     p = torch.zeros(3, requires_grad=True)
     opt = torch.optim.SGD([p], lr=1.0)
-    sched = ZenithScheduler(opt, window=2)
+    sched = ZenithScheduler(opt, window=2, start="partial")  # Z from the first step: m < 1 at the second
     for g in (4.0, 1.0):
         before = p.detach().clone()
         p.grad = torch.full((3,), g)
@@ -577,13 +578,13 @@ def test_zenith_scheduler_scales_the_update():
 def test_zenith_scheduler_history_rides_in_the_optimizer_checkpoint():
     p = torch.zeros(3, requires_grad=True)
     opt = torch.optim.AdamW([p], lr=0.1, fused=True)
-    sched = ZenithScheduler(opt, window=3)
+    sched = ZenithScheduler(opt, window=3, start="partial")  # Z from the first step: m < 1 by the third
     for g in (3.0, 1.0, 2.0):
         p.grad = torch.full((3,), g)
         opt.step()
     state = opt.state_dict()
     fresh = torch.optim.AdamW([p], lr=0.1, fused=True)
-    restored = ZenithScheduler(fresh, window=3)
+    restored = ZenithScheduler(fresh, window=3, start="partial")
     fresh.load_state_dict(state)
     assert restored.multiplier().item() == pytest.approx(2.0 / 3.0)
     assert torch.equal(restored.history.norms, sched.history.norms)
@@ -622,3 +623,46 @@ def test_start_choices_skip_nonfinite_norms_and_resume_exactly(start):
                    start="full" if start != "full" else "partial", warmup_steps=3)
     with pytest.raises(ValueError, match="start mismatch"):
         other.load_state_dict(saved)
+
+
+def _multipliers_unless_told(build_step, norms):
+    """The multipliers one way of building ZENITH gives, with no start-up rule given, for
+    gradients whose norms are `norms` (a parameter of one element)."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    multiplier, step = build_step(p)
+    out = []
+    for value in norms:
+        p.grad = torch.tensor([value])
+        step()
+        out.append(multiplier().item())
+    return out
+
+
+def test_every_way_of_building_zenith_starts_the_window_the_same_way():
+    """Zenith, ZenithScheduler and a config all start the window by the solver's default:
+    "full", the multiplier exactly 1 until W norms are held (the CPU race found "partial",
+    which drops below 1 at the second falling norm, behind both others)."""
+    from zenith_det.config import get_cfg
+    from zenith_det.solver import build_optimizer
+
+    norms = [8.0, 4.0, 2.0, 1.0, 1.0, 1.0]  # falling: "partial" would give m < 1 from step 2
+
+    def plain(p):
+        opt = Zenith([p], lr=0.1, window=3)
+        return opt.multiplier, opt.step
+
+    def scheduler(p):
+        sched = ZenithScheduler(torch.optim.SGD([p], lr=0.1), window=3)
+        return sched.multiplier, sched.optimizer.step
+
+    def from_config(p):
+        cfg = get_cfg()
+        cfg.merge_from_list(["SOLVER.OPTIMIZER", "ZENITH", "SOLVER.ZENITH.WINDOW", "3", "SOLVER.WARMUP_ITERS", "0"])
+        opt = build_optimizer(cfg, torch.nn.ParameterList([p]))
+        return opt.multiplier, opt.step
+
+    runs = [_multipliers_unless_told(build, norms) for build in (plain, scheduler, from_config)]
+    assert norm_history.DEFAULT_START == "full"
+    assert runs[0][:2] == [1.0, 1.0] and runs[0][2] == 1.0  # 3 norms held only after step 3
+    assert runs[0][3] == pytest.approx((4.0 + 2.0 + 1.0) / (8.0 + 4.0 + 2.0))  # Z: the first full window's mean
+    assert runs[1] == pytest.approx(runs[0]) and runs[2] == pytest.approx(runs[0])

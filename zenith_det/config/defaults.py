@@ -107,10 +107,11 @@ _C.SOLVER.AMP.ENABLED = False
 _C.SOLVER.AMP.DTYPE = "float16"
 _C.SOLVER.ZENITH = CN()
 _C.SOLVER.ZENITH.WINDOW = 500
-# How the window starts (the paper does not say): "partial" (mean of the norms so far,
-# Z from the first step), "full" (multiplier 1 until W norms are held), or
-# "after_warmup" (the SOLVER.WARMUP_ITERS first norms never enter the window).
-_C.SOLVER.ZENITH.START = "partial"
+# How the window starts (the paper does not say): "full" (multiplier 1 until W norms are
+# held), "partial" (mean of the norms so far, Z from the first step), or "after_warmup"
+# (the SOLVER.WARMUP_ITERS first norms never enter the window). The default is the
+# solver's (zenith_det.solver.norm_history.DEFAULT_START, which says why).
+_C.SOLVER.ZENITH.START = "full"
 
 _C.TEST = CN()
 # Evaluate every this many iterations (0 = off) ...

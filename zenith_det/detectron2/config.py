@@ -1,6 +1,8 @@
 """The config keys ZENITH adds to a detectron2 (yacs) config."""
 from detectron2.config import CfgNode as CN
 
+from ..solver.norm_history import DEFAULT_START
+
 __all__ = ["add_zenith_config"]
 
 # key path -> default. Names and meanings follow zenith_det/config/defaults.py;
@@ -10,8 +12,8 @@ _ZENITH_KEYS = (
     ("SOLVER.OPTIMIZER", "SGD"),
     # ZENITH's gradient-norm window W (steps).
     ("SOLVER.ZENITH.WINDOW", 500),
-    # How the window starts: "partial", "full" or "after_warmup" (see zenith_det.solver.NormHistory).
-    ("SOLVER.ZENITH.START", "partial"),
+    # How the window starts: "full", "partial" or "after_warmup" (see zenith_det.solver.NormHistory).
+    ("SOLVER.ZENITH.START", DEFAULT_START),
     # Put ZENITH's multiplier and gradient norm in the EventStorage every this many
     # iterations (detectron2's DefaultTrainer writes metrics every 20).
     ("SOLVER.ZENITH.LOG_PERIOD", 20),

@@ -75,16 +75,22 @@ def unscaled_step_norm(grads, device, grad_scale=None, found_inf=None) -> torch.
     return norm
 
 
+# The start-up rule when none is given: the CPU race (docs/RESULTS.md, "How ZENITH's window
+# starts") found "partial" behind both others beyond the noise and these two level; "full"
+# acts the same with or without a warmup ("after_warmup" with no warmup is "partial").
+DEFAULT_START = "full"
+
+
 class NormHistory:
     """Window of the last W gradient norms and the running zenith Z.
 
-    `update(g)` with g_t, for `start="partial"` (the default):
+    `update(g)` with g_t, for `start="partial"`:
         mu_t = mean of the last min(t, W) norms
         Z_t  = max(Z_{t-1}, mu_t)
         m_t  = mu_t / Z_t            (1 when Z_t is 0: nothing was learnt yet)
     The paper does not say how the window starts; the other choices:
-    - `start="full"`: until the window holds W norms, m_t is exactly 1 and Z stays 0;
-      from then on Z is the maximum over the means of full windows.
+    - `start="full"` (the default, DEFAULT_START): until the window holds W norms, m_t
+      is exactly 1 and Z stays 0; from then on Z is the maximum over the means of full windows.
     - `start="after_warmup"`: the first `warmup_steps` finite norms never enter the
       window (the random-initialisation transient of a warmup), and m_t is 1 for
       them; afterwards as "partial".
@@ -100,7 +106,7 @@ class NormHistory:
     _STATE = ("norms", "pos", "count", "zenith", "mult", "last_norm", "skipped", "taken")
     STARTS = ("partial", "full", "after_warmup")
 
-    def __init__(self, window: int, device=None, start: str = "partial", warmup_steps: int = 0):
+    def __init__(self, window: int, device=None, start: str = DEFAULT_START, warmup_steps: int = 0):
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
         if start not in self.STARTS:
@@ -193,6 +199,7 @@ class NormHistory:
                 f"window mismatch: the saved history has window={state['window']}, this one {self.window}; "
                 "build the optimizer with the saved window (SOLVER.ZENITH.WINDOW) to resume"
             )
+        # A history saved before `start` existed started as "partial".
         saved = (state.get("start", "partial"), int(state.get("warmup_steps", 0)))
         if saved != (self.start, self.warmup_steps):
             raise ValueError(

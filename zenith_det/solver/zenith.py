@@ -8,7 +8,7 @@ import torch
 from torch.optim import Optimizer
 
 from ..utils import torch_internals
-from .norm_history import NormHistory, unscaled_step_norm
+from .norm_history import DEFAULT_START, NormHistory, unscaled_step_norm
 
 __all__ = ["Zenith"]
 
@@ -72,7 +72,7 @@ class Zenith(Optimizer):
         weight_decay: float = 0,
         nesterov: bool = False,
         window: int = 500,
-        start: str = "partial",
+        start: str = DEFAULT_START,
         warmup_steps: int = 0,
     ):
         if isinstance(lr, torch.Tensor):

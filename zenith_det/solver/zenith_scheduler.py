@@ -4,7 +4,7 @@ from typing import List, Optional
 import torch
 
 from ..utils import torch_internals
-from .norm_history import NormHistory, unscaled_step_norm
+from .norm_history import DEFAULT_START, NormHistory, unscaled_step_norm
 
 __all__ = ["ZenithScheduler"]
 
@@ -38,7 +38,7 @@ class ZenithScheduler:
 
     STATE_KEY = "zenith_history"
 
-    def __init__(self, optimizer: torch.optim.Optimizer, window: int = 500, start: str = "partial",
+    def __init__(self, optimizer: torch.optim.Optimizer, window: int = 500, start: str = DEFAULT_START,
                  warmup_steps: int = 0):
         self.optimizer = optimizer
         device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
