@@ -663,6 +663,6 @@ def test_every_way_of_building_zenith_starts_the_window_the_same_way():
 
     runs = [_multipliers_unless_told(build, norms) for build in (plain, scheduler, from_config)]
     assert norm_history.DEFAULT_START == "full"
-    assert runs[0][:2] == [1.0, 1.0] and runs[0][2] == 1.0  # 3 norms held only after step 3
+    assert runs[0][:3] == [1.0, 1.0, 1.0]  # 3 norms held only after step 3
     assert runs[0][3] == pytest.approx((4.0 + 2.0 + 1.0) / (8.0 + 4.0 + 2.0))  # Z: the first full window's mean
     assert runs[1] == pytest.approx(runs[0]) and runs[2] == pytest.approx(runs[0])

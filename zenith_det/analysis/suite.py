@@ -45,7 +45,6 @@ Every field is checked when the file is read (analysis.suite_file.load_suite): a
 or missing declaration is a one-line UserError naming the suite file and the field.
 """
 import dataclasses
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 MODES = ("iterations", "wall_clock")
@@ -90,9 +89,6 @@ class Arm:
     seeds: List[int]
     overrides: Dict[str, object]
     lr: LrChoice = LrChoice("none", why="not declared")
-
-    def run_dir(self, out: str, seed: int) -> str:
-        return os.path.join(out, self.name, f"seed{seed}")
 
 
 @dataclasses.dataclass(frozen=True)
