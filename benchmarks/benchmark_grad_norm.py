@@ -41,7 +41,7 @@ import torch
 from zenith_det.solver import global_grad_norm
 from zenith_det.utils import torch_internals
 
-from common import mask_rcnn_r50_fpn, ratio_with_block_spread, wall_seconds
+from common import mask_rcnn_r50_fpn, ratio_with_block_spread, torch_threads, wall_seconds
 
 BUCKET_BYTES = 25 * 1024 * 1024  # DDP's default bucket_cap_mb
 RUN_PIECE = 1 << 18
@@ -133,48 +133,48 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true",
                         help="skip torch.compile (its first compile took 26 s on 2 cores)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    with torch_threads(args.threads):
+        device = torch.device(args.device)
 
-    shapes = [p.shape for p in mask_rcnn_r50_fpn().parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(device)) for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen).to(device)
-    separate = [p.grad for p in params]
-    views, buckets = bucket_views(shapes, gen, device)
-    flat = torch.randn(sum(s.numel() for s in shapes), generator=gen).to(device)
-    sgd = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4, fused=True)
-    sgd.step()
+        shapes = [p.shape for p in mask_rcnn_r50_fpn().parameters() if p.requires_grad]
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(device)) for s in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(device)
+        separate = [p.grad for p in params]
+        views, buckets = bucket_views(shapes, gen, device)
+        flat = torch.randn(sum(s.numel() for s in shapes), generator=gen).to(device)
+        sgd = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4, fused=True)
+        sgd.step()
 
-    ways = {
-        "SGD(fused) step": sgd.step,
-        "shipped, per tensor": lambda: global_grad_norm(separate, device),
-        "shipped, DDP bucket views": lambda: global_grad_norm(views, device),
-        "buckets as runs": lambda: norm_of_runs(buckets),
-        "floor: one read": lambda: torch.dot(flat, flat),
-    }
-    if not args.no_compile:
-        compiled = compiled_norm()
-        t0 = time.perf_counter()
-        compiled(separate)
-        print(f"torch.compile: compiled in {time.perf_counter() - t0:.0f} s")
-        ways["torch.compile"] = lambda: compiled(separate)
-    times = {name: [] for name in ways}
-    for _ in range(args.rounds):
-        for name, way in ways.items():
-            times[name].append(wall_seconds(way, device))
+        ways = {
+            "SGD(fused) step": sgd.step,
+            "shipped, per tensor": lambda: global_grad_norm(separate, device),
+            "shipped, DDP bucket views": lambda: global_grad_norm(views, device),
+            "buckets as runs": lambda: norm_of_runs(buckets),
+            "floor: one read": lambda: torch.dot(flat, flat),
+        }
+        if not args.no_compile:
+            compiled = compiled_norm()
+            t0 = time.perf_counter()
+            compiled(separate)
+            print(f"torch.compile: compiled in {time.perf_counter() - t0:.0f} s")
+            ways["torch.compile"] = lambda: compiled(separate)
+        times = {name: [] for name in ways}
+        for _ in range(args.rounds):
+            for name, way in ways.items():
+                times[name].append(wall_seconds(way, device))
 
-    step = statistics.median(times["SGD(fused) step"])
-    print(f"device={device} threads={args.threads} params={sum(s.numel() for s in shapes) / 1e6:.2f}M rounds={args.rounds}")
-    print(f"{'way':30s} {'ms':>8s} {'/SGD step':>10s} {'spread':>13s}")
-    for name, t in times.items():
-        ratio, low, high = ratio_with_block_spread(t, times["SGD(fused) step"], args.blocks)
-        print(f"{name:30s} {statistics.median(t) * 1e3:8.2f} {ratio:10.3f} {low:6.3f}-{high:6.3f}")
-    if args.hook_reps > 0 and device.type == "cpu":
-        hooks = hooks_seconds(args.image_size, args.hook_reps)
-        print(f"{'in backward (hooks, own time)':30s} {hooks * 1e3:8.2f} {hooks / step:10.3f}   (one backward at "
-              f"{args.image_size}px, 2 images; against the step's median above)")
+        step = statistics.median(times["SGD(fused) step"])
+        print(f"device={device} threads={args.threads} params={sum(s.numel() for s in shapes) / 1e6:.2f}M rounds={args.rounds}")
+        print(f"{'way':30s} {'ms':>8s} {'/SGD step':>10s} {'spread':>13s}")
+        for name, t in times.items():
+            ratio, low, high = ratio_with_block_spread(t, times["SGD(fused) step"], args.blocks)
+            print(f"{name:30s} {statistics.median(t) * 1e3:8.2f} {ratio:10.3f} {low:6.3f}-{high:6.3f}")
+        if args.hook_reps > 0 and device.type == "cpu":
+            hooks = hooks_seconds(args.image_size, args.hook_reps)
+            print(f"{'in backward (hooks, own time)':30s} {hooks * 1e3:8.2f} {hooks / step:10.3f}   (one backward at "
+                  f"{args.image_size}px, 2 images; against the step's median above)")
 
 
 if __name__ == "__main__":

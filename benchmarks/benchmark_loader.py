@@ -62,6 +62,8 @@ from zenith_det.data import build_detection_train_loader, generate_synthetic_coc
 from zenith_det.data import coco as coco_module
 from zenith_det.modeling.build import TrainTestResize
 
+from common import torch_threads
+
 # detectron2 MODEL_ZOO.md, R50-FPN 1x on 8 V100s, 16 images per iteration.
 D2_SPEEDS = {"shapes": ("mask_rcnn_R_50_FPN_1x", 0.261), "keypoints": ("keypoint_rcnn_R_50_FPN_1x", 0.315)}
 D2_IMAGES_PER_ITER, D2_GPUS = 16, 8
@@ -301,8 +303,8 @@ def main(argv=None):
     if args.images < 1 or args.rounds < 1:
         parser.error("--images and --rounds must be at least 1")
 
-    torch.set_num_threads(1)  # what a DataLoader worker runs with
     with contextlib.ExitStack() as stack:
+        stack.enter_context(torch_threads(1))  # what a DataLoader worker runs with
         data_dir = args.data or stack.enter_context(tempfile.TemporaryDirectory(prefix="benchmark_loader_"))
         paths = {kind: generated_dataset(data_dir, kind, args.images, args.size, args.seed) for kind in args.kinds}
         print(f"torch {torch.__version__}, {torch.get_num_threads()} thread; {args.rounds} rounds; "

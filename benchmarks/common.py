@@ -5,11 +5,24 @@ The scripts import it as a sibling (`from common import ...`): `python benchmark
 puts this folder first on the import path, and tests load the scripts with
 tests/conftest.py's load_benchmark, which does the same without touching sys.path.
 """
+import contextlib
 import statistics
 import time
 
 import torch
 import torchvision
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to `n` while measuring, and given back after (main() is
+    also called in-process, by the tests)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def wall_seconds(fn, device) -> float:

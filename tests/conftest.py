@@ -46,8 +46,49 @@ def load_benchmark(name: str):
         return common
     return _load_file(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
 
-# Tests run on 2 cores; more threads only add contention.
-torch.set_num_threads(2)
+# Tests run on 2 cores; more threads only add contention. ZENITH_TEST_THREADS runs the suite with
+# another count (1 or 4, say) to show that no result depends on the reduction order it brings.
+TEST_THREADS = int(os.environ.get("ZENITH_TEST_THREADS", "2"))
+torch.set_num_threads(TEST_THREADS)
+
+
+def _torch_global_state():
+    """Process-wide torch settings a test might change and leave for the next one."""
+    return {
+        "threads": torch.get_num_threads(),
+        "default dtype": torch.get_default_dtype(),
+        "grad mode": torch.is_grad_enabled(),
+        "anomaly detection": torch.is_anomaly_enabled(),
+        "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn.benchmark": torch.backends.cudnn.benchmark,
+    }
+
+
+def _set_torch_global_state(state):
+    torch.set_num_threads(state["threads"])
+    torch.set_default_dtype(state["default dtype"])
+    torch.set_grad_enabled(state["grad mode"])
+    torch.set_anomaly_enabled(state["anomaly detection"])
+    torch.use_deterministic_algorithms(state["deterministic algorithms"])
+    torch.backends.cudnn.benchmark = state["cudnn.benchmark"]
+
+
+# Set on purpose by default_setup() (a job's process setup, as detectron2's) for DETERMINISTIC
+# configs: restored after each test, not reported.
+_SET_BY_JOB_SETUP = ("deterministic algorithms", "cudnn.benchmark")
+
+
+@pytest.fixture(autouse=True)
+def _torch_state_is_left_as_found():
+    """Every test leaves torch's process-wide state as it found it: restored here whatever
+    happened, and a test that changed it (other than through default_setup) fails."""
+    before = _torch_global_state()
+    yield
+    after = _torch_global_state()
+    _set_torch_global_state(before)
+    leaked = [f"{k} {before[k]} -> {after[k]}" for k in before if before[k] != after[k] and k not in _SET_BY_JOB_SETUP]
+    if leaked:
+        pytest.fail(f"the test changed torch's global state and left it so: {'; '.join(leaked)}")
 
 
 @pytest.fixture(autouse=True)

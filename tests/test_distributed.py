@@ -8,6 +8,7 @@ from zenith_det.config import CfgNode
 from zenith_det.engine import HookBase, Trainer, default_setup, launch
 from zenith_det.solver import lr_multiplier_source
 from zenith_det.utils import comm
+from float_bounds import l2_norm_rel_bound
 
 pytestmark = pytest.mark.slow
 
@@ -86,8 +87,12 @@ def test_two_process_gloo_matches_single_process(tiny_cfg, tmp_path):
     # norm ZENITH reads from them is that of the averaged gradients.
     for n_grads, n_storages in ranks[0]["grad_storages"]:
         assert n_storages < n_grads / 10
+    # The float32 norm of the averaged gradients against their float64 norm: any summation order of
+    # n squares is within l2_norm_rel_bound(n), which grows with n, so counting every float tensor
+    # element (gradients are fewer) gives a bound that holds.
+    n_terms = sum(v.numel() for k, v in ranks[0]["model"].items() if v.is_floating_point())
     for used, exact in ranks[0]["norms"]:
-        assert used == pytest.approx(exact, rel=1e-6)
+        assert used == pytest.approx(exact, rel=l2_norm_rel_bound(n_terms))
 
     single_cfg = _ddp_cfg(tiny_cfg, str(tmp_path / "single"))
     single_file = tmp_path / "single.yaml"
