@@ -378,7 +378,7 @@ def test_dog_is_evaluated_at_its_iterate_average_and_resumes_it_exactly(tiny_cfg
     assert final["averager"]["t"] == 5
     from zenith_det.engine import build_model_for_evaluation
 
-    evaluated = build_model_for_evaluation(cfg, resume=True)  # --eval-only --resume
+    evaluated, _ = build_model_for_evaluation(cfg, resume=True)  # --eval-only --resume
     for a, b in zip(evaluated.state_dict().values(), averaged.state_dict().values()):
         assert torch.equal(a, b)
 

@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument_group("mode A: evaluate a results file")
     a.add_argument("--gt", help="COCO-format ground-truth json")
-    a.add_argument("--results", help="COCO results json (a list of detections)")
+    a.add_argument("--results", help="COCO results json (a list of detections, or tools/predict.py's json)")
     a.add_argument("--task", action="append", choices=TASKS,
                    help="task to evaluate (repeatable); default: every task the results support")
     a.add_argument("--backend", default="pycocotools", choices=BACKENDS)
@@ -70,7 +70,8 @@ def parse_args(argv=None):
 
 
 def evaluate_file(args) -> "OrderedDict[str, dict]":
-    results = load_results(args.results)  # a list of objects, or a one-line error
+    gt = load_coco_gt(args.gt, args.backend)  # once, for every task
+    results = load_results(args.results, gt)  # a list of objects (tools/predict.py's json too), or a one-line error
     supported = results_tasks(results)
     tasks = [t for t in TASKS if t in set(args.task)] if args.task else supported
     missing = [t for t in tasks if t not in supported]
@@ -79,7 +80,6 @@ def evaluate_file(args) -> "OrderedDict[str, dict]":
         i = next(i for i, r in enumerate(results) if field not in r)
         raise UserError(f"{args.results}: results[{i}] has no '{field}', so --task {missing[0]} cannot be evaluated "
                         f"(every result has the fields of: {', '.join(supported) or 'no task'})")
-    gt = load_coco_gt(args.gt, args.backend)  # once, for every task
     for task in tasks:  # every task's input, before the first (slow) evaluation
         check_task_results(gt, results, task, args.results, args.kpt_oks_sigmas)
     out = OrderedDict()
@@ -96,18 +96,19 @@ _FIELDS = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
 def evaluate_model(args) -> "OrderedDict[str, dict]":
     """Mode B: the engine's own evaluation of MODEL.WEIGHTS on DATASETS.TEST."""
     from zenith_det.config import load_config
-    from zenith_det.data import metadata_from_cfg
     from zenith_det.engine import evaluate, resolve_device
     from zenith_det.modeling import build_model
+    from zenith_det.modeling.meta import metadata_for_weights
 
     cfg = load_config(args.config, args.opts)
     if not cfg.MODEL.WEIGHTS:
         raise UserError("mode B evaluates trained weights: add MODEL.WEIGHTS path/to/model.pth to the command line")
     if not cfg.DATASETS.TEST:
         raise UserError(f"{args.config}: DATASETS.TEST is empty; name the datasets to evaluate on")
-    # The model's label space is that of the data it was trained on (DATASETS.TRAIN).
-    model = build_model(cfg, metadata_from_cfg(cfg)).to(resolve_device(cfg))  # loads MODEL.WEIGHTS
-    results = evaluate(cfg, model)
+    # The model's label space: its checkpoint's categories, else those of DATASETS.TRAIN.
+    metadata = metadata_for_weights(cfg)
+    model = build_model(cfg, metadata).to(resolve_device(cfg))  # loads MODEL.WEIGHTS
+    results = evaluate(cfg, model, metadata)
     if len(cfg.DATASETS.TEST) == 1:
         return results
     return OrderedDict((f"{name}/{task}", m) for name, per_task in results.items() for task, m in per_task.items())

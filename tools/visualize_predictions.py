@@ -69,17 +69,18 @@ def _model(cfg, name):
     """predict(image_id, image) -> instances, from MODEL.WEIGHTS run on the image."""
     import torch
 
-    from zenith_det.data import metadata_from_cfg
     from zenith_det.engine import resolve_device
     from zenith_det.engine.defaults import test_category_maps
     from zenith_det.evaluation import instances_to_coco_json
     from zenith_det.modeling import build_model
+    from zenith_det.modeling.meta import metadata_for_weights
     from zenith_det.visualization import results_to_instances
 
-    metadata, label_to_category_id = test_category_maps(cfg)[name]  # the test json's categories
-    # The model's label space is that of the data it was trained on (DATASETS.TRAIN).
+    # The model's label space: its checkpoint's categories, else those of DATASETS.TRAIN.
+    model_metadata = metadata_for_weights(cfg)
+    metadata, label_to_category_id = test_category_maps(cfg, model_metadata)[name]  # the test json's categories
     device = resolve_device(cfg)
-    model = build_model(cfg, metadata_from_cfg(cfg)).to(device).eval()  # loads MODEL.WEIGHTS
+    model = build_model(cfg, model_metadata).to(device).eval()  # loads MODEL.WEIGHTS
 
     def predict(image_id, image):
         with torch.inference_mode():

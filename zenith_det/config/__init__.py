@@ -7,7 +7,7 @@ from fvcore.common.config import CfgNode
 from ..errors import UserError
 from .defaults import _C
 
-__all__ = ["CfgNode", "get_cfg", "load_config"]
+__all__ = ["CfgNode", "config_from_yaml_text", "get_cfg", "load_config"]
 
 
 def get_cfg() -> CfgNode:
@@ -45,6 +45,20 @@ def load_config(config_file: str = "", opts=()) -> CfgNode:
         except (KeyError, ValueError, AssertionError, TypeError) as e:
             raise UserError(f"command-line override: {_describe(e)}") from e
     check_values(cfg, config_file or "the command line")
+    return cfg
+
+
+def config_from_yaml_text(text: str, source: str) -> CfgNode:
+    """The defaults merged with a dumped config (what a checkpoint stores); UserError naming `source`."""
+    cfg = get_cfg()
+    try:
+        loaded = yaml.safe_load(text)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"its config is a {type(loaded).__name__}, not a mapping")
+        cfg.merge_from_other_cfg(CfgNode(_ints_as_floats(cfg, loaded)))
+    except (KeyError, ValueError, AssertionError, TypeError, yaml.YAMLError) as e:
+        raise UserError(f"{source}: its stored config cannot be used ({_describe(e)})") from e
+    check_values(cfg, source)
     return cfg
 
 

@@ -18,7 +18,16 @@ from .build import (
     training_data_identity,
 )
 from .catalog import dataset_root, get_dataset_paths, list_datasets, register_coco_dataset, register_datasets_from_cfg
-from .coco import CocoDetection, DatasetError, DatasetMetadata, load_coco_json, load_coco_table, read_image
+from .coco import (
+    CocoDetection,
+    DatasetError,
+    DatasetMetadata,
+    load_coco_json,
+    load_coco_table,
+    metadata_from_categories,
+    pil_image_to_tensor,
+    read_image,
+)
 from .samplers import (
     AspectRatioGroupedBatchSampler,
     InferenceSampler,
@@ -54,7 +63,9 @@ __all__ = [
     "list_datasets",
     "load_coco_json",
     "load_coco_table",
+    "metadata_from_categories",
     "metadata_from_cfg",
+    "pil_image_to_tensor",
     "read_image",
     "register_coco_dataset",
     "register_datasets_from_cfg",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover
     decode_jpeg = None
 
 __all__ = ["CocoDetection", "DatasetMetadata", "DatasetError", "dataset_metadata", "load_coco_json", "load_coco_table",
-           "read_image"]
+           "metadata_from_categories", "pil_image_to_tensor", "read_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,11 @@ def dataset_metadata(json_file, image_root) -> DatasetMetadata:
 def _metadata(source, json_file, image_root) -> DatasetMetadata:
     """Metadata from a CocoTable or a pycocotools COCO."""
     categories = source.categories if isinstance(source, CocoTable) else source.dataset["categories"]
+    return metadata_from_categories(categories, json_file, image_root)
+
+
+def metadata_from_categories(categories, json_file, image_root="") -> DatasetMetadata:
+    """Metadata from a COCO "categories" list (a json's, or the one a checkpoint carries)."""
     # Sorted by id, as detectron2 does, so the label order never depends on json order.
     cats = sorted(categories, key=lambda c: c["id"])
     contiguous_to_id = {i + 1: c["id"] for i, c in enumerate(cats)}
@@ -213,6 +218,8 @@ def read_image(path, expected_size=None, image_root=""):
     try:
         data = _read_bytes(path)
     except FileNotFoundError:
+        if not image_root:
+            raise DatasetError(f"image not found: {path}") from None
         raise DatasetError(f"image not found: {path} (under image_root {image_root}); "
                            "fix image_root in DATASETS.REGISTER or restore the file") from None
     except OSError as e:
@@ -254,7 +261,11 @@ def _decode_jpeg(data, expected_size):
 
 
 def _unreadable(path, image_root, error):
-    reason = " ".join(str(error).split())
+    # Pillow names the in-memory buffer it was handed ("<_io.BytesIO object at 0x...>"), not the file.
+    reason = "not an image format Pillow reads" if isinstance(error, UnidentifiedImageError) else \
+        " ".join(str(error).split())
+    if not image_root:  # a file of the user's own, not a dataset's
+        return DatasetError(f"cannot read image {path}: {reason}")
     return DatasetError(f"cannot read image {path} (under image_root {image_root}): {reason}; "
                         "replace the file or drop it from the json")
 
@@ -273,10 +284,11 @@ def _read_with_pil(source, path, expected_size, image_root):
     if expected_size is not None and img.size != tuple(expected_size):
         raise DatasetError(f"image {path} is {img.size[0]}x{img.size[1]} but its json entry says "
                            f"{expected_size[0]}x{expected_size[1]} (width x height); fix the json or the file")
-    return _to_tensor(img)
+    return pil_image_to_tensor(img)
 
 
-def _to_tensor(img):
+def pil_image_to_tensor(img):
+    """float32 RGB (3, H, W) in [0, 1] of a PIL image of any mode (16-bit, palette, CMYK, ...)."""
     if img.mode.startswith("I;16") or img.mode == "I":
         # 16-bit greyscale (PNG/TIFF): Pillow's convert("RGB") would clip at 255.
         grey = torch.from_numpy(np.array(img, dtype=np.float32) / 65535.0).clamp_(0, 1)

@@ -28,6 +28,7 @@ from ..data.categories import match_categories
 from ..errors import UserError
 from ..evaluation import build_coco_evaluator, inference_on_dataset
 from ..modeling import build_model
+from ..modeling.meta import metadata_for_weights, metadata_of_checkpoint, model_meta
 from ..solver import build_gradient_clipper, build_lr_scheduler, build_optimizer, optimizer_spec
 from ..utils import comm
 from ..utils.budget import BudgetClock
@@ -70,17 +71,18 @@ def inference_dir(cfg: CfgNode, dataset_name: str) -> str:
 _LOGGED_MATCHES = set()  # (test json, training json): a name-match table is logged once, not at every evaluation
 
 
-def test_category_maps(cfg: CfgNode) -> "OrderedDict[str, tuple]":
+def test_category_maps(cfg: CfgNode, model_metadata=None) -> "OrderedDict[str, tuple]":
     """{test dataset: (its metadata, model label -> its category id or None)} for DATASETS.TEST.
 
-    The model's labels are those of its training data (metadata_from_cfg); every test
+    The model's labels are those of `model_metadata` (a checkpoint's, when evaluating one),
+    by default of its training data (metadata_from_cfg); every test
     dataset's categories are matched to them as TEST.CATEGORY_MATCH says
     (data/categories.py): "exact" refuses any disagreement of ids, names or keypoints
     in one line, "name" maps labels by name and logs the table.
     """
     if not cfg.DATASETS.TEST:
         return OrderedDict()
-    model_metadata = metadata_from_cfg(cfg)
+    model_metadata = model_metadata or metadata_from_cfg(cfg)
     keypoints = targets_for_architecture(cfg.MODEL.META_ARCHITECTURE)["with_keypoints"]
     maps = OrderedDict()
     for name in cfg.DATASETS.TEST:
@@ -97,35 +99,39 @@ def test_category_maps(cfg: CfgNode) -> "OrderedDict[str, tuple]":
     return maps
 
 
-def evaluate(cfg: CfgNode, model: torch.nn.Module) -> "OrderedDict[str, dict]":
+def evaluate(cfg: CfgNode, model: torch.nn.Module, model_metadata=None) -> "OrderedDict[str, dict]":
     """COCO metrics of `model` on each of DATASETS.TEST, as `Trainer.test` computes them."""
-    return Trainer.test(cfg, model)
+    return Trainer.test(cfg, model, model_metadata)
 
 
-def build_model_for_evaluation(cfg: CfgNode, resume: bool) -> torch.nn.Module:
-    """The model `--eval-only` evaluates: MODEL.WEIGHTS, or with `resume` OUTPUT_DIR's newest
-    good checkpoint. Builds only the model (no optimizer, data loader or hooks), and
-    refuses to evaluate a randomly initialised one."""
+def build_model_for_evaluation(cfg: CfgNode, resume: bool):
+    """(model, its label space) that `--eval-only` evaluates: MODEL.WEIGHTS, or with `resume`
+    OUTPUT_DIR's newest good checkpoint. A checkpoint's own categories (its meta) are the label
+    space, so its training json need not be there. Builds only the model (no optimizer, data
+    loader or hooks), and refuses to evaluate a randomly initialised one."""
     if not resume and not cfg.MODEL.WEIGHTS:
         raise UserError(
             "--eval-only evaluates trained weights: add MODEL.WEIGHTS path/to/model.pth, "
             "or --resume to evaluate the newest checkpoint in OUTPUT_DIR"
         )
-    model = Trainer.build_model(cfg, metadata_from_cfg(cfg))
-    if resume:
-        checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=False)
-        state = checkpointer.read_latest_good()
-        if state is None:
-            raise UserError(
-                f"--eval-only --resume: OUTPUT_DIR {cfg.OUTPUT_DIR} holds no checkpoint; "
-                "give MODEL.WEIGHTS, or the OUTPUT_DIR of a trained run"
-            )
-        checkpointer.load_model(state["path"], state)
-        logger.info("Evaluating %s (iteration %d)", state["path"], state["iteration"])
-        if "averager" in state:  # a method evaluated at its iterate average (DoG): evaluate that
-            model.load_state_dict(state["averager"]["av_model"])
-            logger.info("Evaluating the iterate average the run kept (its averager's weights)")
-    return model
+    if not resume:
+        metadata = metadata_for_weights(cfg)
+        return Trainer.build_model(cfg, metadata), metadata
+    # The checkpoint is read before the model is built: its meta decides the model's classes.
+    state = AtomicCheckpointer(None, cfg.OUTPUT_DIR, save_to_disk=False).read_latest_good()
+    if state is None:
+        raise UserError(
+            f"--eval-only --resume: OUTPUT_DIR {cfg.OUTPUT_DIR} holds no checkpoint; "
+            "give MODEL.WEIGHTS, or the OUTPUT_DIR of a trained run"
+        )
+    metadata = metadata_of_checkpoint(state, cfg, state["path"])
+    model = Trainer.build_model(cfg, metadata)
+    AtomicCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=False).load_model(state["path"], state)
+    logger.info("Evaluating %s (iteration %d)", state["path"], state["iteration"])
+    if "averager" in state:  # a method evaluated at its iterate average (DoG): evaluate that
+        model.load_state_dict(state["averager"]["av_model"])
+        logger.info("Evaluating the iterate average the run kept (its averager's weights)")
+    return model, metadata
 
 
 class Trainer(SimpleTrainer):
@@ -137,8 +143,8 @@ class Trainer(SimpleTrainer):
     run uses yours (docs/training.md has an example).
 
     It owns the run's state: `state_dict()` gathers model, optimizer, scaler,
-    iteration, budget clock, RNG, hook states, the config and the training data's
-    identity, and the checkpointer saves what it hands over. `clock` (a time
+    iteration, budget clock, RNG, hook states, the config, the model's meta (categories,
+    keypoints, input: modeling/meta.py) and the training data's identity, and the checkpointer saves what it hands over. `clock` (a time
     source) is injectable for tests.
     """
 
@@ -237,15 +243,16 @@ class Trainer(SimpleTrainer):
     # ------------------------------------------------------------------ evaluation
 
     @classmethod
-    def test(cls, cfg: CfgNode, model: torch.nn.Module) -> "OrderedDict[str, dict]":
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, model_metadata=None) -> "OrderedDict[str, dict]":
         """COCO metrics of `model` on each of DATASETS.TEST: {dataset: {"bbox": {...}, ...}}.
 
         With one test dataset the dataset level is dropped ({"bbox": {...}, ...}).
         Every test dataset's categories are matched to the model's (test_category_maps)
-        before the first inference, so a refused evaluation costs no time.
+        before the first inference, so a refused evaluation costs no time. `model_metadata`: the
+        model's label space where it is not DATASETS.TRAIN's (a checkpoint's own).
         """
         results = OrderedDict()
-        for name, (_, label_to_category_id) in test_category_maps(cfg).items():
+        for name, (_, label_to_category_id) in test_category_maps(cfg, model_metadata).items():
             evaluator = cls.build_evaluator(cfg, name, label_to_category_id)
             results[name] = inference_on_dataset(model, cls.build_test_loader(cfg, name), evaluator)
         if len(results) == 1:
@@ -284,6 +291,8 @@ class Trainer(SimpleTrainer):
             state["rng_ranks"] = states
         # YAML text: a plain string, and what `--resume` compares the new config with.
         state["config"] = self.cfg.dump()
+        # What inference needs besides the config (categories, keypoints, input): the file describes itself.
+        state["meta"] = model_meta(self.cfg, self.metadata)
         state["data"] = self.data_identity
         return state
 

@@ -51,10 +51,10 @@ def _main(args) -> int:
 
 
 def eval_only(cfg, resume: bool) -> int:
-    model = build_model_for_evaluation(cfg, resume)
+    model, metadata = build_model_for_evaluation(cfg, resume)
     try:
         with preemption_signals().interruptible():
-            results = evaluate(cfg, model)
+            results = evaluate(cfg, model, metadata)
     except Preempted:
         logger.warning("Evaluation abandoned: the run was asked to stop (exit code %d)", PREEMPTED_EXIT_CODE)
         return PREEMPTED_EXIT_CODE

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from .conversion import compress_segmentation
+from .predictions_file import is_predictions_file, results_for_ground_truth
 from .validation import check_gt, check_results, check_results_list, image_sizes, read_json
 
 logger = logging.getLogger(__name__)
@@ -134,11 +135,16 @@ def load_coco_gt(gt, backend: str = "pycocotools"):
     return coco
 
 
-def load_results(results) -> List[Dict]:
-    """A COCO results list from a json path or a list (a path's content is checked to be a list of objects)."""
+def load_results(results, coco_gt=None) -> List[Dict]:
+    """A COCO results list from a json path or a list (a path's content is checked to be a list of objects).
+
+    With `coco_gt`, a json that carries its own images and categories (tools/predict.py's) is read
+    too: its images are matched to the ground truth's by file name (predictions_file.py)."""
     if isinstance(results, (str, os.PathLike)):
         path = os.fspath(results)
         results = read_json(path, "results json")
+        if coco_gt is not None and is_predictions_file(results):
+            return results_for_ground_truth(results, coco_gt, path)
         check_results_list(results, path)
     return results
 
