@@ -12,6 +12,9 @@ BASELINES = [
 # integral) import scipy when first used, and say which extra installs it where it is missing.
 ANALYSIS = ["scipy>=1.9"]
 
+# tools/export_model.py --format onnx writes through onnx; onnxruntime runs the file (tests, benchmark).
+EXPORT = ["onnx>=1.16", "onnxruntime>=1.18"]
+
 setup(
     name="zenith_det",
     version="0.1.0",
@@ -30,15 +33,18 @@ setup(
         "pyyaml",
         "numpy",
         "pillow",
+        "tqdm",  # tools/predict.py's progress bar
     ],
     extras_require={
         # The baselines, scipy and matplotlib too, so CI runs tests/test_baselines.py and
         # tests/test_race.py instead of skipping them (all small, pure-python wheels but matplotlib).
         # submitit too, so CI runs tests/test_slurm.py (tools/submit.py) instead of skipping it.
         "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.4", "faster-coco-eval>=1.6", "matplotlib>=3.7",
-                 "submitit>=1.5"] + ANALYSIS + BASELINES,
+                 "submitit>=1.5"] + ANALYSIS + BASELINES + EXPORT,
         # The optimizers tools/compare.py races ZENITH against (zenith_det/solver/baselines.py).
         "baselines": BASELINES,
+        # ONNX export and ONNX Runtime (docs/inference.md); TorchScript needs nothing more.
+        "export": EXPORT,
         "fast_eval": ["faster-coco-eval>=1.6"],
         "plots": ["matplotlib>=3.7"],
         # The race's statistics (tools/compare.py: exact t quantiles, TOST, power); training never needs it.

@@ -104,7 +104,10 @@ def test_budget_stops_early_and_resume_counts_time_spent(tiny_cfg):
     trainer = run_with_clock(cfg, FakeTime())
     # 1 s per step, 1 s kept for one more step: the 9th step is the last that fits in 10 s.
     assert trainer.stop_reason == "budget" and trainer.iter == 9
-    state = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_0000009.pth"), weights_only=True)
+    # The end of the budget is the end of training: model_final.pth, as at MAX_ITER.
+    assert trainer.last_good_checkpoint == os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    state = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)
+    assert state["iteration"] == 9
     assert state["budget"]["spent_seconds"] == 9.0 and state["budget"]["step_seconds"] == 1.0
     again = run_with_clock(cfg, FakeTime(start=500.0), resume=True)
     assert again.clock.spent_before == 9.0
@@ -113,6 +116,7 @@ def test_budget_stops_early_and_resume_counts_time_spent(tiny_cfg):
     cfg.SOLVER.MAX_TIME_HOURS = 12.0 / 3600  # more time on resume: it is applied
     more = run_with_clock(cfg, FakeTime(), resume=True)
     assert more.iter == 11
+    assert torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)["iteration"] == 11
 
 
 def test_budget_keeps_time_for_the_final_evaluation_before_any_has_run(tiny_cfg):

@@ -38,13 +38,9 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    import warnings
-
     from zenith_det.inference.export import export_model, meta_path
 
-    with warnings.catch_warnings():  # the tracer's TracerWarnings are about torchvision's code, not the user's
-        warnings.simplefilter("ignore")
-        path = export_model(args.weights, args.format, args.output, score_threshold=args.score_threshold)
+    path = export_model(args.weights, args.format, args.output, score_threshold=args.score_threshold)
     print(f"{args.format}: {path} (its meta: {meta_path(path)})")
     return 0
 

@@ -118,8 +118,8 @@ class PreemptionHandler(HookBase):
 class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
     """fvcore's PeriodicCheckpointer as a hook (as detectron2's is), saving the trainer's state.
 
-    Saves every `period` iterations and at the end (also after a stop: budget,
-    preemption), keeping the newest `max_to_keep` periodic ones (0 keeps all).
+    Saves every `period` iterations and at the end (model_final at MAX_ITER and at the end of
+    the budget; model_NNNNNNN after a preemption), keeping the newest `max_to_keep` periodic ones (0 keeps all).
     What `step` does differently from fvcore's, and why:
     - a file is named after the iterations completed, the point a resume starts at;
     - it saves `trainer.state_dict()` (the checkpointer writes it atomically) and never
@@ -146,7 +146,10 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
     def after_train(self):
         if self.trainer.failed:
             return
-        self.save(self.trainer.iter, final=self.trainer.iter >= self.trainer.max_iter)
+        # Training is over at MAX_ITER or at the end of its budget, and the file says so, as
+        # detectron2's model_final does; a preempted run is not over: it is resumed from here.
+        over = self.trainer.iter >= self.trainer.max_iter or self.trainer.stop_reason == "budget"
+        self.save(self.trainer.iter, final=over)
 
     def save(self, iteration: int, final: bool = False):
         clock = self.trainer.clock

@@ -15,6 +15,7 @@ cannot do on this torch is one line (UserError), never a half-written file.
 import copy
 import logging
 import os
+import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -28,7 +29,8 @@ from .checkpoint import InferenceModel, load_for_inference
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "export_model", "exportable_module", "meta_path", "output_names", "sample_image"]
+__all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "export_model", "exportable_module", "meta_path", "onnx_detections", "onnx_session",
+           "output_names", "sample_image"]
 
 EXPORT_FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
 ONNX_OPSET = 17
@@ -134,7 +136,9 @@ def _refused(fmt: str, architecture: str, error: Exception) -> UserError:
 
 def _export_torchscript(module, path, architecture) -> None:
     try:
-        scripted = torch.jit.script(module)
+        with warnings.catch_warnings():  # about torchvision's code (the (losses, detections) tuple), not the user's
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.script(module)
     except Exception as e:  # the scripting compiler's errors have no common type
         raise _refused("TorchScript", architecture, e) from e
     atomic_write(path, lambda f: torch.jit.save(scripted, f))
@@ -151,7 +155,8 @@ def _export_onnx(module, path, architecture, sample) -> None:
         dynamic["masks"] = {0: "detections", 2: "height", 3: "width"}
     tmp = path + ".tmp"
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():  # the tracer's, about torchvision's code
+            warnings.simplefilter("ignore")
             torch.onnx.export(module, ([sample],), tmp, dynamo=False, opset_version=ONNX_OPSET,
                               input_names=["image"], output_names=names, dynamic_axes=dynamic)
         os.replace(tmp, path)
@@ -167,3 +172,18 @@ def _export_onnx(module, path, architecture, sample) -> None:
 def meta_path(model_file: str) -> str:
     """Where the json that describes an exported file lies: beside it, named after it."""
     return model_file + ".json"
+
+
+def onnx_session(path: str):
+    """An ONNX Runtime session on the CPU for an exported file."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("running an ONNX file needs onnxruntime: pip install 'zenith_det[export]'") from None
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def onnx_detections(session, image: Tensor) -> Dict[str, Tensor]:
+    """One image (3, H, W) float in [0, 1] through an exported file: the eager model's output dict."""
+    outputs = session.run(None, {"image": image.detach().cpu().float().numpy()})
+    return {o.name: torch.from_numpy(v) for o, v in zip(session.get_outputs(), outputs)}
