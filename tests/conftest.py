@@ -1,3 +1,4 @@
+import contextlib
 import importlib.util
 import logging
 import os
@@ -78,11 +79,17 @@ def _set_torch_global_state(state):
 _SET_BY_JOB_SETUP = ("deterministic algorithms", "cudnn.benchmark")
 
 
+# What every test starts from. Compared with this, not with the state a test found: a module-
+# scoped fixture is set up before a test's own fixtures, and its changes would pass unseen.
+_SESSION_TORCH_STATE = _torch_global_state()
+
+
 @pytest.fixture(autouse=True)
 def _torch_state_is_left_as_found():
-    """Every test leaves torch's process-wide state as it found it: restored here whatever
-    happened, and a test that changed it (other than through default_setup) fails."""
-    before = _torch_global_state()
+    """Every test leaves torch's process-wide state as the session started with it: restored here
+    whatever happened, and a test (or its fixtures) that changed it, other than through
+    default_setup, fails."""
+    before = _SESSION_TORCH_STATE
     yield
     after = _torch_global_state()
     _set_torch_global_state(before)
@@ -91,21 +98,31 @@ def _torch_state_is_left_as_found():
         pytest.fail(f"the test changed torch's global state and left it so: {'; '.join(leaked)}")
 
 
-@pytest.fixture(autouse=True)
-def _restore_zenith_logger():
+@contextlib.contextmanager
+def zenith_logger_restored():
     """default_setup() takes over the zenith_det logger (propagation off, its own handlers);
     give it back afterwards, so later tests that read logs with caplog still see them."""
     logger = logging.getLogger("zenith_det")
     propagate, level, handlers = logger.propagate, logger.level, list(logger.handlers)
-    yield
-    for h in list(logger.handlers):
-        if h not in handlers:
-            logger.removeHandler(h)
-            h.close()
-    for h in handlers:
-        if h not in logger.handlers:
-            logger.addHandler(h)
-    logger.propagate, logger.level = propagate, level
+    try:
+        yield
+    finally:
+        for h in list(logger.handlers):
+            if h not in handlers:
+                logger.removeHandler(h)
+                h.close()
+        for h in handlers:
+            if h not in logger.handlers:
+                logger.addHandler(h)
+        logger.propagate, logger.level = propagate, level
+
+
+@pytest.fixture(autouse=True)
+def _restore_zenith_logger():
+    """Around every test. A module- or session-scoped fixture that trains is set up before this
+    one runs, so it wraps its own setup in zenith_logger_restored() too."""
+    with zenith_logger_restored():
+        yield
 
 
 @pytest.fixture

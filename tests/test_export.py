@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from conftest import FAST_CLI, REPO, load_tool
+from conftest import FAST_CLI, REPO, load_tool, zenith_logger_restored
 from zenith_det.data import get_detection_dataset
 from zenith_det.errors import UserError
 from zenith_det.inference import load_for_inference, load_image
@@ -31,9 +31,10 @@ def trained(request, datasets_root, tmp_path_factory):
 
     config, val = CONFIGS[request.param]
     out = str(tmp_path_factory.mktemp(request.param))
-    assert cli(["--config", os.path.join(REPO, "configs", "synthetic", config), *FAST_CLI,
-                "SOLVER.MAX_ITER", str(ITERS), "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.MAX_TIME_HOURS", "0",
-                "OUTPUT_DIR", out]) == 0
+    with zenith_logger_restored():  # set up before the per-test fixture that would restore it
+        assert cli(["--config", os.path.join(REPO, "configs", "synthetic", config), *FAST_CLI,
+                    "SOLVER.MAX_ITER", str(ITERS), "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.MAX_TIME_HOURS", "0",
+                    "OUTPUT_DIR", out]) == 0
     checkpoint = os.path.join(out, "model_final.pth")
     cfg = load_for_inference(checkpoint, device="cpu").cfg
     dataset = get_detection_dataset(val, cfg, is_train=False)

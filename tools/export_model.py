@@ -10,31 +10,23 @@ and test-time sizes (docs/inference.md). Detections below --score-threshold are 
 exported graph. A missing or foreign --weights, or what this torch's exporter cannot do, is one line
 on stderr and exit code 2.
 """
-import argparse
 import logging
 import sys
 
-from zenith_det.utils.cli import OneLineArgumentParser, run_guarded
+from zenith_det.utils.cli import checkpoint_argument_parser, run_tool, score
 
 
 def parse_args(argv=None):
-    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, metavar="PTH", help="a checkpoint a training run wrote")
+    p = checkpoint_argument_parser(__doc__)
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the model file and model.json")
-    p.add_argument("--score-threshold", type=float, default=0.05,
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the model file and its json")
+    p.add_argument("--score-threshold", type=score, default=0.05,
                    help="detections scoring below this are dropped inside the graph (default 0.05)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    args = p.parse_args(argv)
-    if not 0 <= args.score_threshold <= 1:
-        p.error(f"argument --score-threshold: {args.score_threshold} is not a score in [0, 1]")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, format="[%(name)s] %(message)s")
-    return run_guarded(_run, args)
+    return run_tool(_run, parse_args(argv), logging.ERROR)
 
 
 def _run(args) -> int:

@@ -15,36 +15,27 @@ OUTPUT/results.json) holds "images", "categories" and "annotations" (the detecti
 A file that is not a readable image is skipped with one warning line and counted in the summary.
 A missing or foreign --weights is one line on stderr and exit code 2.
 """
-import argparse
-import logging
 import sys
 
-from zenith_det.utils.cli import OneLineArgumentParser, positive_int, run_guarded
+from zenith_det.utils.cli import checkpoint_argument_parser, positive_int, run_tool, score
 
 
 def parse_args(argv=None):
-    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, metavar="PTH", help="a checkpoint a training run wrote")
+    p = checkpoint_argument_parser(__doc__)
     p.add_argument("--input", required=True, nargs="+", metavar="PATH",
                    help="image files, folders of images, or glob patterns")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the pictures (created if absent)")
     p.add_argument("--json", metavar="FILE", help="the COCO results json (default OUTPUT/results.json)")
-    p.add_argument("--score-threshold", type=float, default=0.5,
+    p.add_argument("--score-threshold", type=score, default=0.5,
                    help="keep detections scoring at least this, drawn and written (default 0.5; "
                         "0.05 for a json to compute AP from)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when one is visible)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    args = p.parse_args(argv)
-    if not 0 <= args.score_threshold <= 1:
-        p.error(f"argument --score-threshold: {args.score_threshold} is not a score in [0, 1]")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="[%(name)s] %(message)s")
-    return run_guarded(_run, args)
+    return run_tool(_run, parse_args(argv))
 
 
 def _run(args) -> int:

@@ -10,11 +10,10 @@ label. One PNG per image, named after its file, in --output. KEY VALUE overrides
 work as for train_net.py (DATASETS.REGISTER to name your own data). A bad argument,
 key or dataset is one line on stderr and exit code 2.
 """
-import logging
 import os
 import sys
 
-from zenith_det.utils.cli import picture_argument_parser, run_guarded
+from zenith_det.utils.cli import picture_argument_parser, run_tool
 
 
 def parse_args(argv=None):
@@ -24,9 +23,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="[%(name)s] %(message)s")
-    return run_guarded(_run, args)
+    return run_tool(_run, parse_args(argv))
 
 
 def _run(args) -> int:

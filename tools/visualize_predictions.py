@@ -17,25 +17,22 @@ annotations. The model's labels become the test json's categories as the evaluat
 them (TEST.CATEGORY_MATCH). One PNG per image, named after its file, in --output. A bad
 argument, key, results entry or a missing MODEL.WEIGHTS is one line on stderr, exit code 2.
 """
-import logging
 import os
 import sys
 
-from zenith_det.utils.cli import picture_argument_parser, run_guarded
+from zenith_det.utils.cli import picture_argument_parser, run_tool, score
 
 
 def parse_args(argv=None):
     p = picture_argument_parser(__doc__)
     p.add_argument("--results", metavar="JSON", help="draw this COCO results json instead of running MODEL.WEIGHTS")
-    p.add_argument("--score-threshold", type=float, default=0.5,
+    p.add_argument("--score-threshold", type=score, default=0.5,
                    help="leave out predictions scoring below this (default 0.5)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="[%(name)s] %(message)s")
-    return run_guarded(_run, args)
+    return run_tool(_run, parse_args(argv))
 
 
 def _run(args) -> int:

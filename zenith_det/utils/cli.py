@@ -51,6 +51,12 @@ def run_guarded(main, args) -> int:
         return DIVERGED_EXIT_CODE
 
 
+def run_tool(run, args, level: int = logging.WARNING) -> int:
+    """A tool's main after parsing: logging at `level` (everything with --debug), then run_guarded."""
+    logging.basicConfig(level=logging.DEBUG if args.debug else level, format="[%(name)s] %(message)s")
+    return run_guarded(run, args)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -63,6 +69,21 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def score(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a score in [0, 1]")
+    return value
+
+
+def checkpoint_argument_parser(description: str) -> argparse.ArgumentParser:
+    """What the tools that use a trained model share: --weights and --debug."""
+    parser = OneLineArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, metavar="PTH", help="a checkpoint a training run wrote")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser
 
 
 def picture_argument_parser(description: str) -> argparse.ArgumentParser:
