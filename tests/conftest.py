@@ -125,6 +125,29 @@ def _restore_zenith_logger():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _fast_tests_neither_train_nor_spawn(request, monkeypatch):
+    """The fast tier (-m "not slow") stays fast because a test that trains or starts a process
+    must say so: outside the slow marker, a training loop or a new process fails the test."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    import multiprocessing.process
+
+    from zenith_det.engine.train_loop import TrainerBase
+
+    def refuse(what):
+        def refused(*args, **kwargs):
+            pytest.fail(f"{request.node.nodeid} {what}: mark it @pytest.mark.slow (the fast tier neither trains "
+                        "nor starts processes)", pytrace=False)
+        return refused
+
+    monkeypatch.setattr(TrainerBase, "train", refuse("trains"))
+    monkeypatch.setattr(subprocess, "Popen", refuse("starts a process"))
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse("starts a process"))
+    yield
+
+
 @pytest.fixture
 def small_filesystem(tmp_path):
     """mount_at(size) -> a folder on a real tmpfs of that size (a real ENOSPC); skips where mounting is not allowed."""

@@ -114,6 +114,7 @@ def test_every_optimizer_in_the_registry_is_covered():
         assert optimizer_spec(key.lower()) is spec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(k for k, _ in OPTIMIZER_REGISTRY))
 def test_each_spec_builds_trains_and_reads_its_step_size(key):
     """Spec-driven: every registered optimizer, at the BASE_LR it is raced at, trains 3 steps in
@@ -151,6 +152,7 @@ def test_each_spec_builds_trains_and_reads_its_step_size(key):
         assert opt.param_groups[0]["train_mode"] is False
 
 
+@pytest.mark.slow
 def test_a_plain_function_registers_as_a_spec_with_the_defaults(scratch_registry):
     @OPTIMIZER_REGISTRY.register()
     def MY_SGD(cfg, params):
@@ -201,6 +203,7 @@ def test_a_spec_registers_with_its_facts(scratch_registry):
         OptimizerSpec("BAD", builder, lr_schedule="WarmupLinearLR")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(BASELINES))
 def test_baseline_trains_in_our_trainer(tiny_cfg, key):
     _need(key)
@@ -257,6 +260,7 @@ def test_alig_gets_the_loss_through_a_closure_and_its_cap_follows_the_schedule()
     assert opt.param_groups[0]["step_size"] == pytest.approx(1e-3)
 
 
+@pytest.mark.slow
 def test_schedulefree_evaluates_and_saves_the_averaged_weights_and_resumes(tiny_cfg, monkeypatch):
     pytest.importorskip("schedulefree")
     import zenith_det.engine.defaults as defaults
@@ -361,6 +365,7 @@ def test_race_arms_use_the_specs_schedules():
     assert checked >= 10
 
 
+@pytest.mark.slow
 def test_dog_is_evaluated_at_its_iterate_average_and_resumes_it_exactly(tiny_cfg):
     """DoG's authors evaluate the polynomial-decay average of the iterates: the trainer keeps
     the package's averager, evaluates its model, and a resumed run ends at the same average."""
@@ -394,6 +399,7 @@ def test_dog_is_evaluated_at_its_iterate_average_and_resumes_it_exactly(tiny_cfg
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_schedulefree_bn_statistics_are_recomputed_at_the_averaged_weights(tiny_cfg):
     """Before an evaluation, schedule-free's BatchNorm statistics are recomputed at x over
     TEST.PRECISE_BN.NUM_ITER training batches: the same batches each time (so the result is

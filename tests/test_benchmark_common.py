@@ -28,6 +28,7 @@ def test_timers_call_once_and_return_seconds(timer):
     assert calls == [sum(range(10_000))] and 0 < seconds < 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["benchmark_engine", "benchmark_grad_norm", "benchmark_optimizer"])
 def test_scripts_importing_common_run_from_the_repo_root(script):
     """No sys.path edits: run as a script, a benchmark imports common.py from its own folder."""

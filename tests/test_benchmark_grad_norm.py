@@ -20,6 +20,7 @@ def test_bucket_views_fill_25mib_buckets_from_the_last_parameter_like_ddp():
     assert tool.norm_of_runs(buckets).item() == pytest.approx(exact, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_benchmark_grad_norm_smoke(capsys):
     tool = load_benchmark("benchmark_grad_norm")
     tool.main(["--rounds", "1", "--blocks", "1", "--hook-reps", "1", "--image-size", "96", "--no-compile"])

@@ -435,6 +435,7 @@ def test_error_missing_image_file(tmp_path):
     one_line_error(lambda: CocoDetection(json_file, root), "b.png", root)
 
 
+@pytest.mark.slow
 def test_error_unreadable_image_is_one_line_even_from_a_worker(tmp_path):
     data, _ = tiny_data()
     json_file, root = write_coco(tmp_path, data)
@@ -769,6 +770,7 @@ def _assert_same_batches(a, b):
             assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grouping", [True, False])
 def test_train_loader_resume_equals_skipping_for_any_worker_count(shapes, grouping):
     register_coco_dataset("tiny_shapes", *shapes)
@@ -912,6 +914,7 @@ def test_samples_are_pycocotools_reading_of_the_json(kind, many_shapes, people):
             assert torch.equal(target["keypoints"], expected)
 
 
+@pytest.mark.slow
 def test_loader_workers_keep_the_collector_off_inherited_objects(shapes, monkeypatch):
     register_coco_dataset("tiny_shapes", *shapes)
     frozen = lambda self, i: (torch.zeros(1), {"frozen": gc.get_freeze_count()})  # noqa: E731

@@ -67,6 +67,37 @@ def test_links_resolve(page):
     assert not missing, f"{page}: {missing}"
 
 
+# Files outside the pages that point into them: code, configs and the test settings.
+POINTING = sorted({os.path.relpath(p, REPO) for pattern in ("zenith_det/**/*.py", "tools/*.py", "benchmarks/*.py",
+                                                              "tests/*.py", "configs/**/*.yaml", "*.ini", "setup.py")
+                   for p in glob.glob(os.path.join(REPO, pattern), recursive=True)} - {"tests/test_docs.py"})
+# "docs/x.md", "docs/x.md#anchor", "README.md" or "README", each optionally followed by a section
+# named in quotes ("docs/x.md, 'Some heading'"): the form code uses to send a reader to the docs.
+_POINTER = re.compile(r"""((?:docs/[\w.-]+\.md|README(?:\.md)?))(?:#([\w-]+))?(?:,\s*(["'])([^"'\n]+)\3)?""")
+
+
+def _pointers(text):
+    for m in _POINTER.finditer(text):
+        page, anchor, section = m.group(1), m.group(2), m.group(4)
+        yield ("README.md" if page.startswith("README") else page), anchor or (_slug(section) if section else None), m.group(0)
+
+
+def test_pointing_files_are_found():
+    assert {"zenith_det/detectron2/__init__.py", "pytest.ini", "configs/synthetic/Base-Synthetic.yaml"} <= set(POINTING)
+
+
+@pytest.mark.parametrize("source", POINTING)
+def test_code_points_to_pages_and_sections_that_exist(source):
+    """A section named in code, an ini or a config ("README, 'Installing detectron2'") exists where it says."""
+    missing = []
+    for page, anchor, said in _pointers(_text(source)):
+        if not os.path.exists(os.path.join(REPO, page)):
+            missing.append(f"{said}: no {page}")
+        elif anchor and anchor not in _anchors(page):
+            missing.append(f"{said}: {page} has no such heading")
+    assert not missing, f"{source}: {missing}"
+
+
 def _named_paths(text):
     for token in re.findall(r"`([^`\s]+)`", text):
         token = token.rstrip(".,:;")

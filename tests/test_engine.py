@@ -34,6 +34,7 @@ def weights(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_identically(tiny_cfg, tmp_path):
     whole = run(tiny_cfg.clone())
     expected = weights(whole)
@@ -52,6 +53,7 @@ def test_resume_continues_bit_identically(tiny_cfg, tmp_path):
         assert torch.equal(value, history[key]) if torch.is_tensor(value) else value == history[key], key
 
 
+@pytest.mark.slow
 def test_outputs_metrics_config_and_pruned_checkpoints(tiny_cfg):
     cfg = tiny_cfg.clone()
     cfg.SOLVER.CHECKPOINT_PERIOD = 2
@@ -97,6 +99,7 @@ def run_with_clock(cfg, fake, resume=False):
     return trainer
 
 
+@pytest.mark.slow
 def test_budget_stops_early_and_resume_counts_time_spent(tiny_cfg):
     cfg = tiny_cfg.clone()
     cfg.SOLVER.MAX_ITER = 1000
@@ -119,6 +122,7 @@ def test_budget_stops_early_and_resume_counts_time_spent(tiny_cfg):
     assert torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)["iteration"] == 11
 
 
+@pytest.mark.slow
 def test_budget_keeps_time_for_the_final_evaluation_before_any_has_run(tiny_cfg):
     cfg = tiny_cfg.clone()
     cfg.SOLVER.MAX_ITER = 1000
@@ -131,6 +135,7 @@ def test_budget_keeps_time_for_the_final_evaluation_before_any_has_run(tiny_cfg)
     assert trainer.clock.eval_seconds is not None  # the final evaluation ran and was measured
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tiny_cfg, capsys):
     cfg = tiny_cfg.clone()
     run(cfg, extra_hooks=[StopAt(6)])  # checkpoints at 4 (periodic) and 6 (stop)
@@ -145,6 +150,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tiny_cfg, capsys):
     assert "model_0000006.pth is unusable" in out and "Resuming from the older checkpoint" in out
 
 
+@pytest.mark.slow
 def test_resume_with_changed_model_is_a_clear_error(tiny_cfg):
     cfg = tiny_cfg.clone()
     run(cfg, extra_hooks=[StopAt(2)])
@@ -158,6 +164,7 @@ def test_resume_with_changed_model_is_a_clear_error(tiny_cfg):
     assert open(os.path.join(cfg.OUTPUT_DIR, "config.yaml")).read() == saved_config
 
 
+@pytest.mark.slow
 def test_new_run_over_an_earlier_one_is_refused(tiny_cfg):
     cfg = tiny_cfg.clone()
     run(cfg, extra_hooks=[StopAt(1)])
@@ -187,6 +194,7 @@ class NaNLoss(HookBase):
         model.forward = forward
 
 
+@pytest.mark.slow
 def test_nonfinite_losses_are_skipped_then_abort(tiny_cfg):
     cfg = tiny_cfg.clone()
     cfg.SOLVER.MAX_ITER = 6
@@ -221,6 +229,7 @@ def test_nonfinite_losses_are_skipped_then_abort(tiny_cfg):
     assert open(os.path.join(cfg2.OUTPUT_DIR, "last_checkpoint")).read() == "model_0000004.pth"
 
 
+@pytest.mark.slow
 def test_a_trainer_is_extended_through_its_build_classmethods(tiny_cfg):
     """As detectron2's DefaultTrainer: what a subclass builds is what the run uses, evaluation included."""
     calls = []

@@ -356,6 +356,7 @@ def _cli_case(tmp_path, name, gt, results_text):
     return str(gt_file), str(res_file)
 
 
+@pytest.mark.slow
 def test_eval_coco_refuses_bad_input_in_one_line(tmp_path):
     bad_rle = [_good(), dict(_good(), segmentation=_rle(_mask(20, 20, [1, 1, 5, 5])))]
     cases = [
@@ -375,6 +376,7 @@ def test_eval_coco_refuses_bad_input_in_one_line(tmp_path):
             assert word in lines[0], (name, word, lines[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", [1e8, 1e12])
 def test_eval_coco_refuses_absurd_polygon_coordinates_in_one_line(tmp_path, value):
     """pycocotools' rasteriser dies by SIGSEGV on a polygon point at 1e12 px, and at 1e8 px asks for

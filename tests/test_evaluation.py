@@ -578,6 +578,7 @@ def test_detectron2_coco_evaluator_gives_the_same_numbers(gt_path, gt, evaluated
                     assert ours[task][key] == pytest.approx(v, abs=1e-4), (task, key)
 
 
+@pytest.mark.slow
 def test_eval_coco_tool_mode_b_runs_the_model(datasets_root, tmp_path, capsys):
     """Mode B for real: config -> model with MODEL.WEIGHTS -> synthetic val set -> COCOeval."""
     from types import SimpleNamespace

@@ -33,6 +33,7 @@ def test_load_metrics_merges_resumed_lines_and_skips_a_torn_one(tmp_path):
     assert recs[0]["total_loss"] == 1.5 and recs[1] == {"iteration": 3, "total_loss": 1.0, "bbox/AP": 10.0}
 
 
+@pytest.mark.slow
 def test_plot_metrics_on_a_detectron2_metrics_json(tmp_path):
     pytest.importorskip("matplotlib")
     d2 = tmp_path / "d2_run"

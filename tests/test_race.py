@@ -247,6 +247,7 @@ def test_compare_exits_2_on_a_bad_suite(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SUITES)
 def test_the_shipped_suites_are_fair_powered_and_build_a_config_for_every_run(path):
     from zenith_det.config import load_config
@@ -658,6 +659,7 @@ def test_the_probe_counts_skipped_iterations_across_sessions():
 # ------------------------------------------------------------------------------ the report
 
 
+@pytest.mark.slow
 def test_report_is_generated_from_the_summaries_alone(tmp_path):
     pytest.importorskip("matplotlib")
     suite = _load(tmp_path)
@@ -727,6 +729,7 @@ arms:
 """ + PREREG
 
 
+@pytest.mark.slow
 def test_the_runner_tunes_then_compares_and_continues_on_another_machine(tmp_path, monkeypatch):
     suite = _load(tmp_path, RUNNER_SUITE)
     child = tmp_path / "child.py"
@@ -792,6 +795,7 @@ def test_a_planned_run_probes_its_own_checkpoint_in_its_own_process(tmp_path, mo
     assert seen == {"config": "cfg.yaml", "opts": ["SEED", "2"], "resume": True, "sharpness": (2, 50, 0.05)}
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_race_and_each_run_checkpoints(tmp_path):
     """A scheduler's SIGTERM to the race (even one started with SIGINT ignored, as a shell's
     background job is) reaches every running run, which checkpoints and exits 75; the race

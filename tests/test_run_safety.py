@@ -72,6 +72,7 @@ def test_crafted_pickle_as_model_weights_is_refused_and_never_runs(datasets_root
     assert not os.path.exists(marker)
 
 
+@pytest.mark.slow
 def test_crafted_pickle_is_refused_by_eval_coco_and_by_resume(datasets_root, tmp_path, capsys):
     evil, marker = _evil_file(tmp_path)
     eval_coco = load_tool("eval_coco")
@@ -88,6 +89,7 @@ def test_crafted_pickle_is_refused_by_eval_coco_and_by_resume(datasets_root, tmp
     assert not os.path.exists(marker)
 
 
+@pytest.mark.slow
 def test_our_checkpoints_load_with_weights_only(tiny_cfg):
     default_setup(tiny_cfg, resume=False)
     trainer = Trainer(tiny_cfg)
@@ -99,6 +101,7 @@ def test_our_checkpoints_load_with_weights_only(tiny_cfg):
 
 # ------------------------------------------------------------------ 2. --resume never starts over
 
+@pytest.mark.slow
 def test_resume_refuses_when_no_checkpoint_loads(datasets_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"], capsys)[0] == 0
@@ -112,6 +115,7 @@ def test_resume_refuses_when_no_checkpoint_loads(datasets_root, tmp_path, capsys
     assert os.path.getsize(out / "model_final.pth") == 100
 
 
+@pytest.mark.slow
 def test_resume_does_not_fall_back_past_an_io_error(tiny_cfg, monkeypatch):
     """An I/O error is not damage: rolling back to an older checkpoint would lose work."""
     cfg = tiny_cfg.clone()
@@ -127,6 +131,7 @@ def test_resume_does_not_fall_back_past_an_io_error(tiny_cfg, monkeypatch):
         trainer.resume_or_load(resume=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tag", [b"", b"\n", b"model_\xff\xfe.pth", b"../other/model_final.pth"])
 def test_a_bad_last_checkpoint_falls_back_to_the_checkpoints_beside_it(datasets_root, tmp_path, capsys, tag):
     """Empty or not UTF-8 (a crash while it was written), or naming another run's folder: warned
@@ -145,6 +150,7 @@ def test_a_bad_last_checkpoint_falls_back_to_the_checkpoints_beside_it(datasets_
 
 # ------------------------------------------------------------------ 3. one run per OUTPUT_DIR
 
+@pytest.mark.slow
 def test_a_folder_in_use_is_refused_naming_the_holder(tiny_cfg):
     out = tiny_cfg.OUTPUT_DIR
     os.makedirs(out)
@@ -170,6 +176,7 @@ def test_a_folder_in_use_is_refused_naming_the_holder(tiny_cfg):
     default_setup(tiny_cfg.clone(), resume=False)  # the kernel dropped the lock with the process
 
 
+@pytest.mark.slow
 def test_the_lock_is_not_held_by_forked_children_of_a_killed_holder(tiny_cfg):
     """DataLoader workers are forked children: once the run itself is dead, the folder is free."""
     out = tiny_cfg.OUTPUT_DIR
@@ -208,6 +215,7 @@ def test_a_symlink_at_the_lock_name_is_refused_and_its_target_kept(tiny_cfg, tmp
     assert victim.read_text() == "not yours"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["directory", "not_writable"])
 def test_a_lock_file_that_cannot_be_opened_is_one_line(datasets_root, tmp_path, capsys, case):
     out = tmp_path / "run"
@@ -252,6 +260,7 @@ def test_an_earlier_run_without_checkpoint_counts(tiny_cfg, leftover):
     ("DATASETS.TRAIN", "('synthetic_shapes_val',)", "('synthetic_shapes_val',) here but ('synthetic_shapes_train',)"),
     ("SOLVER.IMS_PER_BATCH", "4", "4 here but 2"),
 ])
+@pytest.mark.slow
 def test_resume_refuses_a_change_that_makes_another_run(datasets_root, tmp_path, capsys, key, value, shown):
     out = tmp_path / "run"
     assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"], capsys)[0] == 0
@@ -261,6 +270,7 @@ def test_resume_refuses_a_change_that_makes_another_run(datasets_root, tmp_path,
     assert (out / "config.yaml").read_text() == config_before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["rename_category", "remove_images"])
 def test_resume_refuses_training_data_changed_under_the_same_name(datasets_root, tmp_path, capsys, change):
     from zenith_det.data import generate_synthetic_coco
@@ -284,6 +294,7 @@ def test_resume_refuses_training_data_changed_under_the_same_name(datasets_root,
     assert cli([*args, "SOLVER.MAX_ITER", "4", "--resume"], capsys)[0] == 0
 
 
+@pytest.mark.slow
 def test_resume_applies_and_logs_continuing_changes(tiny_cfg):
     cfg = tiny_cfg.clone()
     cfg.SOLVER.MAX_ITER = 4
@@ -315,6 +326,7 @@ def test_resume_applies_and_logs_continuing_changes(tiny_cfg):
     assert "MOMENTUM: 0.5" in state["config"]
 
 
+@pytest.mark.slow
 def test_resume_without_seed_keeps_the_runs_seed(tiny_cfg):
     cfg = tiny_cfg.clone()
     cfg.SEED = 1234
@@ -341,6 +353,7 @@ def _signal_self_during(monkeypatch, module, name):
     monkeypatch.setattr(module, name, wrapped)
 
 
+@pytest.mark.slow
 def test_sigterm_during_final_evaluation_exits_75_and_resume_evaluates(datasets_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "('synthetic_shapes_val',)", "TEST.EVAL_PERIOD", "0"]
@@ -354,6 +367,7 @@ def test_sigterm_during_final_evaluation_exits_75_and_resume_evaluates(datasets_
     assert (out / "inference" / "coco_instances_results.json").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_batchnorm_recomputation_exits_75_and_resume_finishes(datasets_root, tmp_path, capsys,
                                                                               monkeypatch):
     # A stop inside fvcore's update_bn_stats (an evaluation's TEST.PRECISE_BN) used to leave its hooks on
@@ -380,6 +394,7 @@ def test_sigterm_during_the_batchnorm_recomputation_exits_75_and_resume_finishes
     assert (out / "model_final.pth").exists() and (out / "inference" / "coco_instances_results.json").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_during_final_checkpoint_exits_75_with_the_checkpoint(datasets_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1000"]
@@ -399,6 +414,7 @@ def test_sigterm_during_final_checkpoint_exits_75_with_the_checkpoint(datasets_r
     assert not glob.glob(str(out / (fileio.TEMP_PREFIX + "*")))
 
 
+@pytest.mark.slow
 def test_sigterm_before_training_starts_exits_75(datasets_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as m:
@@ -419,6 +435,7 @@ def test_model_weights_that_do_not_fit_are_refused(datasets_root, tmp_path, caps
     assert_one_line(code, err, "MODEL.WEIGHTS", "fits only 0 of", "MODEL.BACKBONE.WEIGHTS")
 
 
+@pytest.mark.slow
 def test_model_weights_log_how_many_tensors_loaded(datasets_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1"], capsys)[0] == 0
@@ -431,6 +448,7 @@ def test_model_weights_log_how_many_tensors_loaded(datasets_root, tmp_path, caps
     assert n == m > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["wrong_depth", "corrupt", "detection_model"])
 def test_bad_backbone_weights_are_one_line(datasets_root, tmp_path, capsys, case):
     path = str(tmp_path / "backbone.pth")
@@ -457,6 +475,7 @@ def test_eval_only_without_weights_is_refused(datasets_root, tmp_path, capsys):
 
 # ------------------------------------------------------------------ 7/9. full disk, temporary files
 
+@pytest.mark.slow
 def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(datasets_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     real_save = torch.save
@@ -480,6 +499,7 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(datasets_root, 
     assert code == 0, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["13m", "17m", "21m"])
 def test_a_real_full_disk_while_checkpointing_is_one_line(datasets_root, small_filesystem, capsys, size):
     """Where the space runs out decides whether torch.save reports ENOSPC as an OSError or as a
@@ -492,6 +512,7 @@ def test_a_real_full_disk_while_checkpointing_is_one_line(datasets_root, small_f
     assert not glob.glob(str(out / (fileio.TEMP_PREFIX + "*")))
 
 
+@pytest.mark.slow
 def test_stale_temporaries_are_removed_at_the_next_start(datasets_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1"], capsys)[0] == 0
@@ -506,6 +527,7 @@ def test_stale_temporaries_are_removed_at_the_next_start(datasets_root, tmp_path
     assert all(f"Removed {p}, a temporary file left by an interrupted run" in log for p in stale)
 
 
+@pytest.mark.slow
 def test_clean_up_never_follows_a_symlinked_subfolder(datasets_root, tmp_path, capsys):
     """Another run's in-flight temporaries, reachable through a link in this OUTPUT_DIR, stay."""
     other = tmp_path / "other_run"
@@ -521,6 +543,7 @@ def test_clean_up_never_follows_a_symlinked_subfolder(datasets_root, tmp_path, c
     assert not os.path.lexists(out / (fileio.TEMP_PREFIX + "link"))
 
 
+@pytest.mark.slow
 def test_metrics_cut_mid_line_by_a_crash_lose_no_record_on_resume(datasets_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"], capsys)[0] == 0
@@ -533,6 +556,7 @@ def test_metrics_cut_mid_line_by_a_crash_lose_no_record_on_resume(datasets_root,
     assert {r["iteration"] for r in records} == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_a_run_refused_before_its_first_iteration_leaves_no_metrics(datasets_root, tmp_path, capsys):
     """Otherwise the folder 'holds an earlier run' and the corrected command needs --resume."""
     from zenith_det.data import generate_synthetic_coco

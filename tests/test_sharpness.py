@@ -59,6 +59,7 @@ def test_lr_implied_sharpness():
     assert lr_implied_sharpness(0.0, 0.9) == float("inf")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_gives_the_same_finite_estimate_twice(tiny_cfg):
     cfg = tiny_cfg.clone()
     cfg.SOLVER.MAX_ITER = 4

@@ -253,6 +253,7 @@ def test_bad_input_is_refused_before_submission_in_one_line(case, tmp_path, caps
     assert not (out / "submitit").exists()  # nothing submitted, no folder made
 
 
+@pytest.mark.slow
 def test_a_bad_config_from_the_command_line_is_one_line_and_nothing_is_submitted(tmp_path, datasets_root):
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, SUBMIT, "--cluster", "local", "--config", SYNTHETIC_CONFIG,
@@ -263,6 +264,7 @@ def test_a_bad_config_from_the_command_line_is_one_line_and_nothing_is_submitted
     assert "Traceback" not in result.stdout + result.stderr and not out.exists()
 
 
+@pytest.mark.slow
 def test_the_sbatch_script_asks_for_the_nodes_gpus_time_and_the_pre_timeout_signal(tmp_path, monkeypatch, capsys):
     """The SLURM submission, with a stand-in sbatch that keeps the script and answers a job id."""
     bin_dir = tmp_path / "bin"
@@ -361,6 +363,7 @@ def test_torchrun_under_srun_numbers_its_own_processes(slurm_env):
     assert launch_module.check_launch_environment(1) == "torchrun"
 
 
+@pytest.mark.slow
 def test_a_contradictory_slurm_environment_is_one_line_and_exit_2(tmp_path, datasets_root):
     env = _env(datasets_root, SLURM_PROCID="3", SLURM_NTASKS="2", SLURM_LOCALID="0", SLURM_JOB_ID="9",
                SLURM_JOB_NODELIST="localhost")
@@ -394,6 +397,7 @@ def cli(argv):
 
 @pytest.mark.parametrize("outcome, starts, exit_code", [("crash", 3, 1), ("2", 1, 2), ("3", 1, 3), ("sigterm", 1, 75),
                                                        ("sigusr2", 2, 75)])
+@pytest.mark.slow
 def test_a_failure_is_requeued_a_bounded_number_of_times_with_its_cause(outcome, starts, exit_code, tmp_path,
                                                                         monkeypatch):
     """Failures are retried twice; bad input and divergence never; a SIGTERM is not requeued by the

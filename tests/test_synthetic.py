@@ -150,6 +150,7 @@ def _ensure_in_child(root, queue):
     queue.put(ensure_synthetic_dataset("synthetic_shapes_val", root))
 
 
+@pytest.mark.slow
 def test_ensure_is_safe_when_ranks_race(tmp_path, monkeypatch):
     monkeypatch.setitem(synthetic.SYNTHETIC_DATASETS, "synthetic_shapes_val", ("shapes", "val", 10))
     ctx = mp.get_context("fork")  # children inherit the patched size

@@ -291,6 +291,7 @@ def _fake_trainer(tmp_path, vis_images):
     return trainer
 
 
+@pytest.mark.slow
 def test_hook_writes_pictures_to_tensorboard_after_each_evaluation_only(datasets_root, tmp_path):
     trainer = _fake_trainer(tmp_path, 2)
     hook = VisualizePredictions()

@@ -1,6 +1,6 @@
 """ZENITH for detectron2: its config keys, its optimizer builder, its trainer and hooks.
 
-detectron2 is not on PyPI: install it from source (see README.md, 'Installing detectron2'). Only
+detectron2 is not on PyPI: install it from source (see docs/detectron2.md, 'Installing detectron2'). Only
 this subpackage imports it; the rest of zenith_det never does.
 
 yacs configs, the ``DefaultTrainer`` way::
@@ -28,7 +28,7 @@ except ImportError as e:  # pragma: no cover - exercised only where detectron2 i
     raise ImportError(
         "zenith_det.detectron2 needs detectron2, which is not on PyPI; install it from source with "
         "python -m pip install 'git+https://github.com/facebookresearch/detectron2.git' "
-        "(see README.md, 'Installing detectron2')"
+        "(see docs/detectron2.md, 'Installing detectron2')"
     ) from e
 
 from ..solver import OPTIMIZER_REGISTRY, Zenith, ZenithScheduler, lr_multiplier_source

@@ -75,8 +75,8 @@ def unscaled_step_norm(grads, device, grad_scale=None, found_inf=None) -> torch.
     return norm
 
 
-# The start-up rule when none is given: the CPU race (docs/RESULTS.md, "How ZENITH's window
-# starts") found "partial" behind both others beyond the noise and these two level; "full"
+# The start-up rule when none is given: the CPU race (docs/RESULTS.md#how-zeniths-window-starts)
+# found "partial" behind both others beyond the noise and these two level; "full"
 # acts the same with or without a warmup ("after_warmup" with no warmup is "partial").
 DEFAULT_START = "full"
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 
 # pycocotools' COCOeval with bbox and segm takes about 18 ms per val2017-like image on one
-# core (README, "Evaluation cost": 2000 images, 16.9 s bbox + 18.8 s segm).
+# core (docs/benchmarks.md#evaluation-cost-benchmarksbenchmark_evalpy: 2000 images, 16.9 s bbox + 18.8 s segm).
 COCOEVAL_SECONDS_PER_IMAGE = 0.018
 
 
