@@ -18,7 +18,7 @@ tail -3 "$OUT/tests.txt"
 python3 benchmarks/benchmark_optimizer.py --device cuda --threads 16 --rounds 50 --fwd-bwd-reps 5 2>&1 | tee "$OUT/benchmark_optimizer_cuda.txt"
 python3 benchmarks/benchmark_grad_norm.py --device cuda --threads 16 --rounds 50 --blocks 5 --no-compile 2>&1 | tee "$OUT/benchmark_grad_norm_cuda.txt"
 for dtype in bfloat16 float16; do
-  python3 benchmarks/benchmark_engine.py --config configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_zenith_3min_bf16_synthetic.yaml \
+  python3 benchmarks/benchmark_engine.py --config benchmarks/configs/mask_rcnn_R_50_FPN_zenith_3min_bf16_synthetic.yaml \
       --optimizers ZENITH SGD --iters "${ITERS:-25}" --blocks "${BLOCKS:-4}" SOLVER.AMP.DTYPE "$dtype" \
       2>&1 | grep -v " INFO: " | tee "$OUT/benchmark_engine_R50_$dtype.txt"
 done

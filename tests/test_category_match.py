@@ -1,10 +1,9 @@
 """A model evaluated on test data whose categories disagree with its training data's (TEST.CATEGORY_MATCH).
 
-Labels used to go to the test json's categories by position, so the same ids under
-other names, or other ids under the same names, gave the AP of another question
-without a word. Now: "exact" refuses any disagreement in one line naming both jsons,
-before inference; "name" maps labels by name, logs the table and writes the test
-json's ids.
+Taking the test json's categories by position would score the same ids under other
+names, or other ids under the same names, as the AP of another question without a word.
+"exact" refuses any disagreement in one line naming both jsons, before inference;
+"name" maps labels by name, logs the table and writes the test json's ids.
 """
 import json
 import logging

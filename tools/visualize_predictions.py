@@ -67,7 +67,7 @@ def _model(cfg, name):
     import torch
 
     from zenith_det.engine import resolve_device
-    from zenith_det.engine.defaults import test_category_maps
+    from zenith_det.data.categories import test_category_maps
     from zenith_det.evaluation import instances_to_coco_json
     from zenith_det.modeling import build_model
     from zenith_det.modeling.meta import metadata_for_weights

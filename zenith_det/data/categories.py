@@ -22,14 +22,20 @@ the AP of another question. So:
                      names (keypoints are scored by position; they are never remapped).
 
 Every refusal is one line naming both jsons, the first disagreement and the fix.
-Knows nothing of the trainer: the engine calls match_categories() before inference.
+Knows nothing of the trainer: the engine, the evaluation tools and the visualizers call
+test_category_maps() before inference.
 """
+import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import UserError
+from .build import get_dataset_metadata, metadata_from_cfg, targets_for_architecture
 
-__all__ = ["CATEGORY_MATCH_MODES", "CategoryMatch", "match_categories"]
+__all__ = ["CATEGORY_MATCH_MODES", "CategoryMatch", "match_categories", "test_category_maps"]
+
+logger = logging.getLogger(__name__)
 
 CATEGORY_MATCH_MODES = ("exact", "name")
 
@@ -148,3 +154,34 @@ def _match_by_name(model, test, keypoints, where) -> CategoryMatch:
     table = (f"TEST.CATEGORY_MATCH name: model labels mapped by name to the categories of {test.json_file} "
              f"(trained on {model.json_file}):\n" + "\n".join(lines))
     return CategoryMatch(mapping, table, dropped)
+
+
+_LOGGED_MATCHES = set()  # (test json, training json): a name-match table is logged once, not at every evaluation
+
+
+def test_category_maps(cfg, model_metadata=None) -> "OrderedDict[str, tuple]":
+    """{test dataset: (its metadata, model label -> its category id or None)} for DATASETS.TEST.
+
+    The model's labels are those of `model_metadata` (a checkpoint's, when evaluating one),
+    by default of its training data (metadata_from_cfg); every test
+    dataset's categories are matched to them as TEST.CATEGORY_MATCH says
+    (match_categories): "exact" refuses any disagreement of ids, names or keypoints
+    in one line, "name" maps labels by name and logs the table.
+    """
+    if not cfg.DATASETS.TEST:
+        return OrderedDict()
+    model_metadata = model_metadata or metadata_from_cfg(cfg)
+    keypoints = targets_for_architecture(cfg.MODEL.META_ARCHITECTURE)["with_keypoints"]
+    maps = OrderedDict()
+    for name in cfg.DATASETS.TEST:
+        metadata = get_dataset_metadata(name, cfg)
+        match = match_categories(model_metadata, metadata, cfg.TEST.CATEGORY_MATCH, test_name=name, keypoints=keypoints)
+        if (match.table or match.dropped) and (metadata.json_file, model_metadata.json_file) not in _LOGGED_MATCHES:
+            _LOGGED_MATCHES.add((metadata.json_file, model_metadata.json_file))
+            logger.info("%s", match.table)
+            if match.dropped:
+                logger.warning("DATASETS.TEST %s: %d of the model's categories are not in %s; their detections are "
+                               "dropped: %s", name, len(match.dropped), metadata.json_file,
+                               ", ".join(f"{n!r} (id {i})" for _, i, n in match.dropped))
+        maps[name] = (metadata, match.label_to_category_id)
+    return maps

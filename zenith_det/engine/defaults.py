@@ -21,10 +21,9 @@ from ..data import (
     get_dataset_metadata,
     get_detection_dataset,
     metadata_from_cfg,
-    targets_for_architecture,
     training_data_identity,
 )
-from ..data.categories import match_categories
+from ..data.categories import test_category_maps
 from ..errors import UserError
 from ..evaluation import build_coco_evaluator, inference_on_dataset
 from ..modeling import build_model
@@ -66,37 +65,6 @@ def inference_dir(cfg: CfgNode, dataset_name: str) -> str:
     """Where the evaluation of `dataset_name` writes its results: OUTPUT_DIR/inference,
     with one subfolder per dataset when DATASETS.TEST names several."""
     return os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name if len(cfg.DATASETS.TEST) > 1 else "")
-
-
-_LOGGED_MATCHES = set()  # (test json, training json): a name-match table is logged once, not at every evaluation
-
-
-def test_category_maps(cfg: CfgNode, model_metadata=None) -> "OrderedDict[str, tuple]":
-    """{test dataset: (its metadata, model label -> its category id or None)} for DATASETS.TEST.
-
-    The model's labels are those of `model_metadata` (a checkpoint's, when evaluating one),
-    by default of its training data (metadata_from_cfg); every test
-    dataset's categories are matched to them as TEST.CATEGORY_MATCH says
-    (data/categories.py): "exact" refuses any disagreement of ids, names or keypoints
-    in one line, "name" maps labels by name and logs the table.
-    """
-    if not cfg.DATASETS.TEST:
-        return OrderedDict()
-    model_metadata = model_metadata or metadata_from_cfg(cfg)
-    keypoints = targets_for_architecture(cfg.MODEL.META_ARCHITECTURE)["with_keypoints"]
-    maps = OrderedDict()
-    for name in cfg.DATASETS.TEST:
-        metadata = get_dataset_metadata(name, cfg)
-        match = match_categories(model_metadata, metadata, cfg.TEST.CATEGORY_MATCH, test_name=name, keypoints=keypoints)
-        if (match.table or match.dropped) and (metadata.json_file, model_metadata.json_file) not in _LOGGED_MATCHES:
-            _LOGGED_MATCHES.add((metadata.json_file, model_metadata.json_file))
-            logger.info("%s", match.table)
-            if match.dropped:
-                logger.warning("DATASETS.TEST %s: %d of the model's categories are not in %s; their detections are "
-                               "dropped: %s", name, len(match.dropped), metadata.json_file,
-                               ", ".join(f"{n!r} (id {i})" for _, i, n in match.dropped))
-        maps[name] = (metadata, match.label_to_category_id)
-    return maps
 
 
 def evaluate(cfg: CfgNode, model: torch.nn.Module, model_metadata=None) -> "OrderedDict[str, dict]":

@@ -69,9 +69,9 @@ class VisualizePredictions(HookBase):
 
     def _draw(self, cfg, num):
         from ..data import get_detection_dataset
+        from ..data.categories import test_category_maps
         from ..evaluation import instances_to_coco_json
         from ..visualization import draw_instances, image_name, load_ground_truth, results_to_instances, side_by_side
-        from .defaults import test_category_maps  # defaults imports this module
 
         name = cfg.DATASETS.TEST[0]
         _, label_to_category_id = test_category_maps(cfg)[name]
