@@ -173,13 +173,45 @@ def _sizes(dataset, n):
                                           (MASK_CONFIG, "synthetic_shapes_val")])
 def test_visualize_data_writes_n_pngs_of_the_images_size(datasets_root, tmp_path, config, name):
     out = str(tmp_path / "vis")
-    args = ["--config", config, "--output", out, "--num", "3", "MODEL.DEVICE", "cpu"]
+    args = ["--config", config, "--output", out, "--num", "3", "--scale", "1", "MODEL.DEVICE", "cpu"]
     if name.endswith("_val"):
         args += ["--dataset", name]
     assert load_tool("visualize_data").main(args) == 0
     pngs = _pngs(out)
     assert len(pngs) == 3
-    assert [_size(p) for p in pngs] == _sizes(get_detection_dataset(name, None, is_train=False), 3)  # named by id
+    sizes = _sizes(get_detection_dataset(name, None, is_train=False), 3)
+    assert [_size(p) for p in pngs] == sizes  # named by id
+    # By default, small images are drawn enlarged: the longest side reaches 512 px.
+    assert load_tool("visualize_data").main(args[:6] + args[8:] + ["--output", str(tmp_path / "big")]) == 0
+    for path, (width, height) in zip(_pngs(str(tmp_path / "big")), sizes):
+        scale = 512 / max(width, height)
+        assert _size(path) == (round(width * scale), round(height * scale))
+
+
+@pytest.mark.parametrize("scale", ["inf", "1e6", "nan", "0"])
+def test_a_scale_that_would_overflow_or_exhaust_memory_is_one_line(datasets_root, tmp_path, scale, capsys):
+    code = _main("visualize_data", ["--config", MASK_CONFIG, "--output", str(tmp_path / "vis"), "--num", "1",
+                                    "--scale", scale, "MODEL.DEVICE", "cpu"])
+    _one_line(capsys, code, "--scale")
+    assert not _pngs(str(tmp_path / "vis"))
+
+
+def test_images_of_the_same_name_in_two_folders_keep_their_own_pictures(tmp_path):
+    from zenith_det.data import get_detection_dataset as load
+    from zenith_det.visualization import image_name
+
+    images = tmp_path / "images"
+    for folder in ("a", "b"):
+        (images / folder).mkdir(parents=True)
+        Image.new("RGB", (20, 10)).save(images / folder / "x.jpg")
+    data = {"images": [{"id": 1, "file_name": "a/x.jpg", "width": 20, "height": 10},
+                       {"id": 2, "file_name": "b/x.jpg", "width": 20, "height": 10}],
+            "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    cfg = load_config(MASK_CONFIG, ["DATASETS.REGISTER", f"[['two', '{tmp_path}/gt.json', '{images}']]",
+                                    "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "False"])
+    dataset = load("two", cfg, is_train=False)
+    assert [image_name(dataset, i) for i in (1, 2)] == [os.path.join("a", "x"), os.path.join("b", "x")]
 
 
 def _weights(tmp_path, config):
@@ -194,7 +226,7 @@ def _weights(tmp_path, config):
 def test_visualize_predictions_of_a_checkpoint_beside_the_ground_truth(datasets_root, tmp_path):
     out = str(tmp_path / "vis")
     code = load_tool("visualize_predictions").main([
-        "--config", MASK_CONFIG, "--output", out, "--num", "2", "--score-threshold", "0", *FAST_CLI,
+        "--config", MASK_CONFIG, "--output", out, "--num", "2", "--score-threshold", "0", "--scale", "1", *FAST_CLI,
         "DATASETS.TEST", "('synthetic_shapes_val',)", "TEST.DETECTIONS_PER_IMAGE", "10",
         "MODEL.WEIGHTS", _weights(tmp_path, MASK_CONFIG)])
     assert code == 0
@@ -214,7 +246,8 @@ def test_visualize_predictions_of_a_results_json(datasets_root, tmp_path):
     path.write_text(json.dumps(results))
     out = str(tmp_path / "vis")
     code = load_tool("visualize_predictions").main([
-        "--config", MASK_CONFIG, "--output", out, "--num", "1", "--results", str(path), "MODEL.DEVICE", "cpu"])
+        "--config", MASK_CONFIG, "--output", out, "--num", "1", "--results", str(path), "--scale", "1",
+        "MODEL.DEVICE", "cpu"])
     assert code == 0
     (png,) = _pngs(out)
     (width, height), = _sizes(dataset, 1)

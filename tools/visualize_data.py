@@ -30,7 +30,7 @@ def _run(args) -> int:
     from zenith_det.config import load_config
     from zenith_det.data import get_detection_dataset
     from zenith_det.errors import UserError
-    from zenith_det.visualization import draw_instances, image_name, load_ground_truth, save_png
+    from zenith_det.visualization import draw_instances, image_name, load_ground_truth, picture_scale, save_png
 
     cfg = load_config(args.config_file, args.opts)
     name = args.dataset or next(iter(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)), None)
@@ -39,7 +39,8 @@ def _run(args) -> int:
     dataset = get_detection_dataset(name, cfg, is_train=False)  # every image; annotations read from its table
     for index, image_id in enumerate(dataset.ids[:args.num]):
         image, instances = load_ground_truth(dataset, index)
-        picture = draw_instances(image, instances, dataset.metadata, scale=args.scale)
+        scale = picture_scale(*image.shape[1:], args.scale)
+        picture = draw_instances(image, instances, dataset.metadata, scale=scale)
         print(save_png(picture, os.path.join(args.output, image_name(dataset, image_id) + ".png")))
     return 0
 

@@ -39,7 +39,14 @@ def _run(args) -> int:
     from zenith_det.config import load_config
     from zenith_det.data import get_detection_dataset
     from zenith_det.errors import UserError
-    from zenith_det.visualization import draw_instances, image_name, load_ground_truth, save_png, side_by_side
+    from zenith_det.visualization import (
+        draw_instances,
+        image_name,
+        load_ground_truth,
+        picture_scale,
+        save_png,
+        side_by_side,
+    )
 
     cfg = load_config(args.config_file, args.opts)
     if not cfg.DATASETS.TEST:
@@ -54,10 +61,11 @@ def _run(args) -> int:
     with_gt = dataset.table.num_annotations > 0
     for index, image_id in enumerate(ids):
         image, gt = load_ground_truth(dataset, index)
+        scale = picture_scale(*image.shape[1:], args.scale)
         picture = draw_instances(image, predict(image_id, image), dataset.metadata,
-                                 score_threshold=args.score_threshold, scale=args.scale)
+                                 score_threshold=args.score_threshold, scale=scale)
         if with_gt:
-            picture = side_by_side(draw_instances(image, gt, dataset.metadata, scale=args.scale), picture)
+            picture = side_by_side(draw_instances(image, gt, dataset.metadata, scale=scale), picture)
         print(save_png(picture, os.path.join(args.output, image_name(dataset, image_id) + ".png")))
     return 0
 

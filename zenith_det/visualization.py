@@ -37,7 +37,7 @@ from .utils.fileio import write_error
 
 __all__ = ["CLASS_COLORS", "CROWD_COLOR", "KEYPOINT_COLOR", "SKELETON_COLOR", "MASK_ALPHA", "class_color",
            "load_ground_truth", "results_to_instances", "draw_instances", "side_by_side", "to_uint8", "save_png",
-           "image_name"]
+           "image_name", "picture_scale", "PICTURE_MIN_SIDE", "PICTURE_MAX_SIDE"]
 
 # tab10 (matplotlib's default cycle): label k gets CLASS_COLORS[(k - 1) % 10].
 CLASS_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -242,6 +242,28 @@ def save_png(image: torch.Tensor, path: str) -> str:
 
 
 def image_name(dataset, image_id: int) -> str:
-    """The json's file name of an image of `dataset` (a CocoDetection), without folder and extension."""
+    """The json's file name of an image of `dataset` (a CocoDetection), without extension, with its
+    folders below the image root: "a/x.jpg" and "b/x.jpg" keep pictures of their own. Parts that
+    would leave the output folder ("..", a leading "/") are dropped."""
     t = dataset.table
-    return os.path.splitext(os.path.basename(t.file_name(int(np.searchsorted(t.image_id, int(image_id))))))[0]
+    name = t.file_name(int(np.searchsorted(t.image_id, int(image_id)))).replace("\\", "/")
+    parts = [p for p in name.split("/") if p not in ("", ".", "..")]
+    return os.path.join(*parts[:-1], os.path.splitext(parts[-1])[0]) if parts else str(int(image_id))
+
+
+# A picture's longest side: small images are enlarged to at least PICTURE_MIN_SIDE by default, so
+# the labels do not cover what they name; no scale may make it longer than PICTURE_MAX_SIDE.
+PICTURE_MIN_SIDE = 512
+PICTURE_MAX_SIDE = 8192
+
+
+def picture_scale(height: int, width: int, scale=None) -> float:
+    """The factor a picture of this image is drawn at: `scale`, or by default enough to bring its
+    longest side to PICTURE_MIN_SIDE (never below 1). A UserError where it would exceed PICTURE_MAX_SIDE."""
+    longest = max(height, width)
+    if scale is None:
+        return max(1.0, PICTURE_MIN_SIDE / longest)
+    if longest * scale > PICTURE_MAX_SIDE:
+        raise UserError(f"--scale {scale:g} would draw a {width}x{height} image {longest * scale:.0f} px long; "
+                        f"the longest side may be at most {PICTURE_MAX_SIDE} px: give a smaller --scale")
+    return float(scale)

@@ -20,7 +20,7 @@ from typing import Iterable, List, Tuple
 from ..errors import UserError
 from ..evaluation import instances_to_coco_json
 from ..utils.fileio import atomic_write_json, write_error
-from ..visualization import draw_instances, save_png, to_uint8
+from ..visualization import draw_instances, picture_scale, save_png, to_uint8
 from .images import load_image
 from .predictor import Predictor
 
@@ -120,7 +120,8 @@ def predict_files(weights: str, inputs: Iterable[str], output: str, *, json_path
             for result in instances_to_coco_json(found, image_id, category_ids):
                 x, y, w, h = result["bbox"]
                 annotations.append({"id": len(annotations) + 1, **result, "area": w * h, "iscrowd": 0})
-            picture = draw_instances(to_uint8(image), _drawn(found), predictor.metadata)
+            picture = draw_instances(to_uint8(image), _drawn(found), predictor.metadata,
+                                     scale=picture_scale(height, width))
             summary.pictures.append(save_png(picture, os.path.join(output, name + ".png")))
             summary.detections += len(found["scores"])
         bar.update(len(files[start:start + batch_size]))

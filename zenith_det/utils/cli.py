@@ -71,6 +71,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def finite_positive_float(text: str) -> float:
+    value = positive_float(text)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
 def score(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -92,7 +99,8 @@ def picture_argument_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", "--config-file", dest="config_file", required=True, metavar="FILE", help="YAML config")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the PNGs (created if absent)")
     parser.add_argument("--num", type=positive_int, default=8, help="images to draw, from the first (default 8)")
-    parser.add_argument("--scale", type=positive_float, default=1.0, help="enlarge the pictures by this factor (default 1)")
+    parser.add_argument("--scale", type=finite_positive_float, default=None,
+                        help="enlarge the pictures by this factor (default: small images to 512 px on their longest side)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. MODEL.WEIGHTS path.pth")
     return parser
