@@ -92,13 +92,14 @@ def _final_weights(out):
     return torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
 
 
-def test_sigterm_checkpoints_exits_75_and_resume_finishes(datasets_root, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])  # a scheduler; a closed terminal or ssh
+def test_a_stop_signal_checkpoints_exits_75_and_resume_finishes(datasets_root, tmp_path, sig):
     out = str(tmp_path / "run")
     args = ["--config", CONFIG, *FAST, "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", out]
     proc = subprocess.Popen([sys.executable, TRAIN_NET, *args], env=_env(datasets_root),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_iteration(os.path.join(out, "metrics.json"), 2, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75, stderr[-2000:]
     stopped_at = int(open(os.path.join(out, "last_checkpoint")).read()[len("model_"):-len(".pth")])
@@ -137,7 +138,7 @@ def _caught_signals(pid):
     return {s for s in signal.Signals if mask >> (s - 1) & 1}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_stop_signal_during_start_up_exits_75_at_once(datasets_root, tmp_path, sig):
     """Sent the moment the process handles SIGTERM at all: during its imports, before any file is written."""
     out = tmp_path / "run"

@@ -16,6 +16,7 @@ import yaml
 
 from conftest import REPO
 from zenith_det.config import load_config
+from zenith_det.errors import UserError
 
 CONFIGS = os.path.join(REPO, "configs")
 SUITES = os.path.join(CONFIGS, "compare", "suites")
@@ -137,3 +138,17 @@ def test_a_symlinked_config_finds_its_base_beside_the_real_file(tmp_path):
     (elsewhere / "alias.yaml").symlink_to(real / "leaf.yaml")
     cfg = load_config(str(elsewhere / "alias.yaml"))
     assert cfg.SOLVER.MAX_ITER == 7 and cfg.SOLVER.BASE_LR == 0.5
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("SOLVER.BASE_LR", "1e400", "finite"),  # YAML reads 1e400 as inf: it trained, skipped every step, exit 0
+    ("SOLVER.MOMENTUM", "1.5", "[0, 1)"),
+    ("SOLVER.GAMMA", "2.0", "[0, 1]"),
+    ("SOLVER.STEPS", "('60000', '80000')", "increasing whole iteration numbers"),
+    ("SOLVER.STEPS", "(80000, 60000)", "increasing whole iteration numbers"),
+    ("TEST.EVAL_PERIOD_MINUTES", "1e400", "finite"),
+])
+def test_values_a_run_cannot_use_are_one_line_naming_the_key(key, value, words):
+    with pytest.raises(UserError) as e:
+        load_config(os.path.join(CONFIGS, "synthetic", "mask_rcnn_zenith.yaml"), [key, value])
+    assert key in str(e.value) and words in str(e.value) and "\n" not in str(e.value)

@@ -427,6 +427,19 @@ def test_eval_coco_names_the_result_without_the_task_field(gt_path, tmp_path, ca
     assert len(err) == 1 and f"{res_file}: results[1] has no 'segmentation'" in err[0], err
 
 
+@pytest.mark.parametrize("max_dets", ["0", "-1"])
+def test_eval_coco_refuses_max_dets_below_one(gt_path, tmp_path, capsys, max_dets):
+    """0 or -1 detections per image asked COCOeval another question and printed its AP with exit 0."""
+    from conftest import load_tool
+
+    res_file = tmp_path / "res.json"
+    res_file.write_text(json.dumps([_good()]))
+    with pytest.raises(SystemExit) as e:
+        load_tool("eval_coco").main(["--gt", gt_path, "--results", str(res_file), "--max-dets", max_dets])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--max-dets" in err[0], err
+
+
 # ----------------------------------------------------------------------------- the RLE reader
 
 

@@ -36,7 +36,7 @@ from zenith_det.evaluation import (
     run_cocoeval,
 )
 from zenith_det.evaluation.conversion import results_tasks
-from zenith_det.utils.cli import OneLineArgumentParser, run_guarded
+from zenith_det.utils.cli import OneLineArgumentParser, positive_int, run_guarded
 from zenith_det.utils.fileio import atomic_write_json
 
 logger = logging.getLogger("zenith_det.tools.eval_coco")
@@ -52,7 +52,7 @@ def parse_args(argv=None):
     a.add_argument("--backend", default="pycocotools", choices=BACKENDS)
     a.add_argument("--kpt-oks-sigmas", type=float, nargs="+", default=None,
                    help="one OKS sigma per keypoint; default COCO's 17")
-    a.add_argument("--max-dets", type=int, default=100, help="detections per image counted for bbox/segm")
+    a.add_argument("--max-dets", type=positive_int, default=100, help="detections per image counted for bbox/segm")
     b = p.add_argument_group("mode B: evaluate a model")
     b.add_argument("--config", help="YAML config; its TEST.* keys choose the backend, sigmas and max detections")
     b.add_argument("opts", nargs="*", help="KEY VALUE overrides, MODEL.WEIGHTS among them")

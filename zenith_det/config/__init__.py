@@ -130,8 +130,24 @@ def check_values(cfg: CfgNode, source: str) -> None:
             if not values:
                 raise UserError(f"{source}: {key} is empty; give at least one value {need}")
             for v in values:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not ok(v):
-                    raise UserError(f"{source}: {key} is {value!r}; it must be a number {need}")
+                # v != v: NaN; an infinity (1e400 in YAML) is no value to train with either.
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not ok(v) or abs(v) == float("inf"):
+                    raise UserError(f"{source}: {key} is {value!r}; it must be a finite number {need}")
+    _check_solver(cfg.SOLVER, source)
+
+
+def _check_solver(solver, source: str) -> None:
+    """What the optimizer and schedule builders would otherwise fail on with a traceback, or train with."""
+    for key in ("MOMENTUM", "GAMMA", "WARMUP_FACTOR"):
+        value = solver[key]
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+                and (key != "MOMENTUM" or value < 1)):
+            need = "in [0, 1)" if key == "MOMENTUM" else "in [0, 1]"
+            raise UserError(f"{source}: SOLVER.{key} is {value!r}; it must be a number {need}")
+    steps = list(solver.STEPS)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in steps) or steps != sorted(steps):
+        raise UserError(f"{source}: SOLVER.STEPS is {tuple(steps)!r}; give increasing whole iteration numbers, "
+                        "e.g. (60000, 80000)")
 
 
 def _ints_as_floats(defaults: CfgNode, loaded: dict) -> dict:

@@ -1,8 +1,9 @@
-"""SIGTERM/SIGINT/SIGUSR2 as a request to stop cleanly, from the process's start to its end.
+"""SIGTERM/SIGINT/SIGUSR2/SIGHUP as a request to stop cleanly, from the process's start to its end.
 
 A cluster that preempts a job sends SIGTERM and waits a grace period before
 SIGKILL; SLURM sends SIGUSR2 some time before a job's time limit when asked to
-(`sbatch --signal=USR2@120`, which is what submitit asks for: docs/cluster.md).
+(`sbatch --signal=USR2@120`, which is what submitit asks for: docs/cluster.md); a
+closed terminal or a dropped ssh session sends SIGHUP.
 Whatever the run is doing then, it must end with a resumable state and
 exit code 75 (EX_TEMPFAIL, "requeue me"):
 
@@ -16,6 +17,7 @@ import signal
 from contextlib import contextmanager
 
 from .. import exit_codes
+from ..utils.early_signals import STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ class Preempted(BaseException):
 
 
 class PreemptionSignals:
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self):
         self.received = None  # the name of the latest stop signal, None before any

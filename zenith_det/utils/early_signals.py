@@ -1,8 +1,8 @@
 """Stop signals in the first seconds of a process: exit 75 at once.
 
 Importing torch, torchvision and the config takes seconds. A SIGTERM (a
-scheduler), a SIGUSR2 (SLURM's warning before a time limit) or Ctrl-C in that
-time found Python's default handlers: exit 143 or 140, or a KeyboardInterrupt
+scheduler), a SIGUSR2 (SLURM's warning before a time limit), a SIGHUP (a closed
+terminal) or Ctrl-C in that time found Python's default handlers: exit 143 or 140, or a KeyboardInterrupt
 traceback. Nothing has been written yet then, so the right
 answer is to stop at once with the preemption exit code; the run's own handler
 (engine/preemption.py) replaces this one before the run claims its folder.
@@ -16,12 +16,16 @@ import signal
 from ..exit_codes import PREEMPTED
 
 
+# The signals that ask a run to stop cleanly (checkpoint, exit 75): a scheduler's SIGTERM, Ctrl-C,
+# SLURM's pre-timeout SIGUSR2 (docs/cluster.md), and SIGHUP: a closed terminal or a dropped ssh.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP)
+
+
 def _exit_preempted(signum, frame):
     os._exit(PREEMPTED)  # not SystemExit: an import in progress must not turn it into an ImportError traceback
 
 
 def exit_on_stop_signals() -> None:
-    """Until the run's own handler is installed, SIGTERM, SIGINT and SIGUSR2 (SLURM's pre-timeout
-    signal, docs/cluster.md) end the process with exit code 75."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+    """Until the run's own handler is installed, the STOP_SIGNALS end the process with exit code 75."""
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _exit_preempted)
