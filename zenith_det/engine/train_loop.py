@@ -15,7 +15,7 @@ from typing import List, Optional
 import torch
 
 from ..errors import UserError
-from ..solver import optimizer_spec, unregistered_spec, unscaled_step_norm
+from ..solver import lr_multiplier_source, optimizer_spec, unregistered_spec, unscaled_step_norm
 from ..utils.torch_internals import foreach_copy_, grad_scaler_scale
 from .events import EventStorage
 
@@ -138,6 +138,11 @@ class SimpleTrainer(TrainerBase):
     A non-finite loss skips the iteration's update entirely (no backward, no
     optimizer or ZENITH state change, BatchNorm statistics restored). After `max_nonfinite` in a row it raises
     FloatingPointError naming the iteration.
+
+    ZENITH skips, on the device, a step whose gradients are non-finite; its loss may stay finite
+    (1e21, say) while nothing trains. Those skips are counted on the device too (no host sync
+    per step), read every `max_nonfinite` iterations, and `max_nonfinite` of them in a row raise
+    FloatingPointError as well: a run that skips every step has diverged, whatever the loss says.
     """
 
     def __init__(
@@ -179,6 +184,11 @@ class SimpleTrainer(TrainerBase):
             )
         self.max_nonfinite = max_nonfinite
         self.nonfinite_in_a_row = 0
+        # Steps the optimizer skipped for non-finite gradients (ZENITH): the current run of them and
+        # the longest since the last check, device tensors.
+        self._skip_source = lr_multiplier_source(optimizer)
+        self._skipped_run = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._skipped_run_longest = torch.zeros((), dtype=torch.int64, device=self.device)
         # BatchNorm running statistics change in every training forward; a forward that
         # overflows would write inf into them and poison every later iteration, so
         # they are copied before each forward and put back when the loss is non-finite.
@@ -250,9 +260,29 @@ class SimpleTrainer(TrainerBase):
                 self.optimizer.step()
         if self.averager is not None:
             self.averager.step()
+        self._count_skipped_step(losses)
         self.storage.put_scalar("total_loss", losses)
         for name, value in loss_dict.items():
             self.storage.put_scalar(name, value)
+
+    def _count_skipped_step(self, losses) -> None:
+        if self._skip_source is None:
+            return
+        skipped = ~torch.isfinite(self._skip_source.last_grad_norm()).to(self.device)
+        self._skipped_run = torch.where(skipped, self._skipped_run + 1, 0)
+        torch.maximum(self._skipped_run_longest, self._skipped_run, out=self._skipped_run_longest)
+        if (self.iter + 1) % self.max_nonfinite:
+            return
+        longest = int(self._skipped_run_longest)  # one host sync every max_nonfinite iterations
+        self._skipped_run_longest.zero_()
+        self.storage.put_scalar("skipped_steps", self._skip_source.skipped_steps(), smoothing_hint=False)
+        if longest >= self.max_nonfinite:
+            raise FloatingPointError(
+                f"iteration {self.iter}: the gradients were non-finite for {longest} steps in a row and each "
+                f"update was skipped (SOLVER.MAX_NONFINITE_STEPS; the loss, {float(losses.detach()):.4g}, stayed "
+                f"finite); last good checkpoint: {self.last_good_checkpoint}. Lower SOLVER.BASE_LR or enable "
+                "SOLVER.CLIP_GRADIENTS, then --resume"
+            )
 
     def _log_grad_norm(self, scaled: bool = False) -> None:
         if self.grad_norm_period <= 0 or (self.iter + 1) % self.grad_norm_period:

@@ -86,6 +86,10 @@ class ZenithScheduler:
     def last_grad_norm(self) -> torch.Tensor:
         return self.history.last_norm
 
+    def skipped_steps(self) -> torch.Tensor:
+        """How many steps had non-finite gradients (their norms never entered the window)."""
+        return self.history.skipped
+
     def remove(self) -> None:
         """Detach from the optimizer."""
         for handle in self._handles:
