@@ -9,8 +9,9 @@ BASELINES = [
 ]
 
 # zenith_det/analysis/stats.py and power.py (t quantiles at any dof, the noncentral t, TOST's
-# integral) import scipy when first used, and say which extra installs it where it is missing.
-ANALYSIS = ["scipy>=1.9"]
+# integral) import scipy when first used, and the report's figures matplotlib (tools/compare.py
+# --report-only needs both); each says which extra installs it where it is missing.
+ANALYSIS = ["scipy>=1.9", "matplotlib>=3.7"]
 
 # tools/export_model.py --format onnx writes through onnx; onnxruntime runs the file (tests, benchmark).
 EXPORT = ["onnx>=1.16", "onnxruntime>=1.18"]

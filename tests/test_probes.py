@@ -114,3 +114,22 @@ def test_state_bytes_per_parameter():
     assert probes.optimizer_state_bytes(adam) / n == pytest.approx(8.0, abs=0.05)  # + its step counters
 
 
+
+
+def test_figures_without_matplotlib_are_one_line_naming_the_extra(monkeypatch, tmp_path):
+    import builtins
+
+    from zenith_det.analysis.figures import plot_runs
+    from zenith_det.errors import UserError
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(UserError, match=r"matplotlib.*pip install -e \".\[plots\]\"") as e:
+        plot_runs({"run": []}, str(tmp_path))
+    assert "\n" not in str(e.value)

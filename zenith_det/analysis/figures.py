@@ -9,13 +9,17 @@
 import os
 from typing import Dict, List
 
+from ..errors import UserError
 from .metrics import AP_KEYS, ap_curve, grad_norm_series, series, step_size_series, wall_hours
 
 FIGURES = ("map_vs_time.png", "loss.png", "lr.png", "grad_norm.png")
 
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:  # matplotlib is the `plots` extra (and in `analysis` and `test`)
+        raise UserError(f'the figures need matplotlib ({e}); install it with `pip install -e ".[plots]"`') from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
