@@ -143,6 +143,8 @@ def _fast_tests_neither_train_nor_spawn(request, monkeypatch):
         return refused
 
     monkeypatch.setattr(TrainerBase, "train", refuse("trains"))
+    if "detectron2.engine" in sys.modules:  # only where a test already uses detectron2
+        monkeypatch.setattr(sys.modules["detectron2.engine"].TrainerBase, "train", refuse("trains"))
     monkeypatch.setattr(subprocess, "Popen", refuse("starts a process"))
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse("starts a process"))
     yield

@@ -201,6 +201,7 @@ def toy_trainer(optimizer_name="ZENITH", **cfg_opts):
     return SimpleTrainer(model, toy_batches(), optimizer)
 
 
+@pytest.mark.slow
 def test_metrics_hook_puts_multiplier_and_grad_norm_in_event_storage():
     trainer = toy_trainer()
     trainer.register_hooks([zd2.ZenithMetricsHook(period=2)])
@@ -260,6 +261,7 @@ def budget_trainer(tmp_path, clock, max_seconds, step_s=1.0, ckpt_s=2.0, eval_s=
     return trainer, checkpointer, budget, evals
 
 
+@pytest.mark.slow
 def test_budget_ends_training_with_final_checkpoint_and_eval_inside_it(tmp_path):
     clock = FakeClock()
     trainer, checkpointer, budget, evals = budget_trainer(tmp_path, clock, max_seconds=30.0)
@@ -292,6 +294,7 @@ def test_budget_ends_training_with_final_checkpoint_and_eval_inside_it(tmp_path)
     assert clock3.now - 1000.0 == 3.0  # the evaluation only: no step, no checkpoint
 
 
+@pytest.mark.slow
 def test_no_budget_trains_to_max_iter(tmp_path):
     clock = FakeClock()
     trainer, _, budget, evals = budget_trainer(tmp_path, clock, max_seconds=0.0)
@@ -300,6 +303,7 @@ def test_no_budget_trains_to_max_iter(tmp_path):
     assert os.path.isfile(os.path.join(tmp_path, "model_final.pth"))
 
 
+@pytest.mark.slow
 def test_zenith_trainer_wires_the_hooks_and_ends_on_the_budget(datasets_root, tmp_path):
     cfg = d2_cfg()
     cfg.merge_from_file(SYNTHETIC)
@@ -409,6 +413,7 @@ def zenith_history(path):
     return torch.load(path, weights_only=False)["trainer"]["_trainer"]["optimizer"]["zenith_history"]
 
 
+@pytest.mark.slow
 def test_train_d2_trains_logs_checkpoints_resumes_and_evaluates(datasets_root, tmp_path):
     out = str(tmp_path / "run")
     common = [
@@ -450,6 +455,7 @@ def test_train_d2_trains_logs_checkpoints_resumes_and_evaluates(datasets_root, t
     assert int(second["count"]) == 30 and float(second["zenith"]) >= float(first["zenith"])
 
 
+@pytest.mark.slow
 def test_train_d2_without_detectron2_says_how_to_install(tmp_path):
     code = ("import sys, runpy; sys.modules['detectron2'] = None; sys.argv = ['train_d2.py', '--config-file', 'x']; "
             f"runpy.run_path({os.path.join(REPO, 'tools', 'train_d2.py')!r}, run_name='__main__')")
@@ -461,6 +467,7 @@ def test_train_d2_without_detectron2_says_how_to_install(tmp_path):
     assert "--no-build-isolation" in lines[0] and "setuptools<81" in lines[0]
 
 
+@pytest.mark.slow
 def test_core_package_never_imports_detectron2():
     code = ("import sys, zenith_det, zenith_det.solver, zenith_det.engine, zenith_det.data, zenith_det.config; "
             "print(sorted(m for m in sys.modules if m == 'detectron2' or m.startswith('detectron2.')))")

@@ -295,6 +295,48 @@ def test_the_sbatch_script_asks_for_the_nodes_gpus_time_and_the_pre_timeout_sign
     assert job.function.argv[-1] == "--resume" and job.function.argv[-3:-1] == ["OUTPUT_DIR", str(out)]
 
 
+def _stand_in_slurm(tmp_path, monkeypatch, sbatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(sbatch)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+@pytest.mark.slow
+def test_a_cpu_job_asks_for_no_gpu(tmp_path, monkeypatch, capsys):
+    """A cluster without GPU GRES refuses any GPU request ("Invalid generic resource (gres)
+    specification"): a model on the CPU asks for its tasks and no GPU."""
+    _stand_in_slurm(tmp_path, monkeypatch, '#!/bin/sh\ncp "$1" "$SBATCH_COPY"\necho "Submitted batch job 7"\n')
+    monkeypatch.setenv("SBATCH_COPY", str(tmp_path / "script.sh"))
+    code = load_tool("submit").main(["--config", SYNTHETIC_CONFIG, "--nodes", "1", "--gpus-per-node", "2",
+                                     "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2",
+                                     "OUTPUT_DIR", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    script = (tmp_path / "script.sh").read_text()
+    assert "#SBATCH --ntasks-per-node=2\n" in script and "gpus" not in script and "gres" not in script
+
+
+@pytest.mark.slow
+def test_an_sbatch_refusal_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    _stand_in_slurm(tmp_path, monkeypatch, "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: "
+                                           "Invalid partition name specified' >&2\nexit 1\n")
+    code = load_tool("submit").main(["--config", SYNTHETIC_CONFIG, "--partition", "nope", "OUTPUT_DIR", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "Invalid partition name specified" in err[0] and "nothing was submitted" in err[0]
+
+
+def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "run").write_text("a file")
+    code = load_tool("submit").main(["--config", SYNTHETIC_CONFIG, "--cluster", "local", "OUTPUT_DIR", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is a file, not a folder" in err[0], err
+    assert (tmp_path / "run").read_text() == "a file"
+
+
 # ---------------------------------------------------------------- srun's environment
 
 

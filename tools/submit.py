@@ -17,6 +17,8 @@ A bad config, bad overrides or an OUTPUT_DIR holding an earlier run (without
 Needs submitit: pip install -e ".[slurm]".
 """
 import argparse
+import contextlib
+import io
 import math
 import os
 import shutil
@@ -97,6 +99,8 @@ def _check(args):
             raise UserError(f"--cluster slurm needs SLURM's {' and '.join(missing)} on this machine's PATH; "
                             "submit from a SLURM login node, or use --cluster local to run here")
     out = os.path.abspath(cfg.OUTPUT_DIR)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"OUTPUT_DIR {out} is a file, not a folder; set OUTPUT_DIR to a folder for the run")
     earlier = earlier_run_file(out) if os.path.isdir(out) else None
     if earlier and not args.resume:
         raise UserError(f"OUTPUT_DIR {out} holds an earlier run ({earlier}); add --resume to continue it, "
@@ -125,15 +129,24 @@ def _submit(args) -> int:
     else:
         executor = submitit.SlurmExecutor(folder, max_num_timeout=args.max_timeouts)
         extra = dict(item.split("=", 1) for item in args.slurm)
+        # One task per GPU; a model on the CPU asks for no GPU (a cluster without GPU GRES refuses the request).
+        gpus = {} if cfg.MODEL.DEVICE == "cpu" else {"gpus_per_node": args.gpus_per_node}
         executor.update_parameters(
             job_name=args.job_name or "zenith_" + os.path.splitext(os.path.basename(args.config_file))[0],
-            nodes=args.nodes, ntasks_per_node=args.gpus_per_node, gpus_per_node=args.gpus_per_node,
+            nodes=args.nodes, ntasks_per_node=args.gpus_per_node, **gpus,
             cpus_per_task=args.cpus_per_task or cfg.DATALOADER.NUM_WORKERS + 1, time=timeout_min,
             signal_delay_s=args.signal_delay_s, **({"partition": args.partition} if args.partition else {}),
             **({"additional_parameters": extra} if extra else {}),
         )
     argv = ["--config", os.path.abspath(args.config_file), *args.opts, "OUTPUT_DIR", out]
-    job = executor.submit(TrainingJob(argv, max_retries=args.max_retries))
+    # submitit copies sbatch's stderr to ours: kept instead, so a refusal is one line with sbatch's reason.
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            job = executor.submit(TrainingJob(argv, max_retries=args.max_retries))
+    except submitit.core.utils.FailedJobError as e:
+        raise UserError(f"the cluster refused the job: {_refusal(str(e))}; nothing was submitted") from None
+    sys.stderr.write(said.getvalue())  # what sbatch said of a job it took
     job_dir = str(job.paths.folder)
     ranks = args.nodes * args.gpus_per_node
     print(f"Submitted job {job.job_id} ({args.cluster}: {args.nodes} node(s) x {args.gpus_per_node} process(es), "
@@ -145,6 +158,13 @@ def _submit(args) -> int:
     if not args.wait:
         return 0
     return _wait(job, job_dir)
+
+
+def _refusal(text: str) -> str:
+    """sbatch's own reason ("Batch job submission failed: Invalid partition name specified"), not submitit's trace."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = list(dict.fromkeys(line.split("error:", 1)[1].strip() for line in lines if "error:" in line))
+    return "; ".join(said) if said else (lines[-1] if lines else "no reason given")
 
 
 def _uses_cuda(cfg) -> bool:
