@@ -8,7 +8,7 @@ BASELINES = [
     "parameterfree>=0.0.1",  # COCOB
 ]
 
-# zenith_det/analysis/stats.py and power.py (t quantiles at any dof, the noncentral t, TOST's
+# zenith_det/race/stats.py and power.py (t quantiles at any dof, the noncentral t, TOST's
 # integral) import scipy when first used, and the report's figures matplotlib (tools/compare.py
 # --report-only needs both); each says which extra installs it where it is missing.
 ANALYSIS = ["scipy>=1.9", "matplotlib>=3.7"]

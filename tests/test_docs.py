@@ -224,3 +224,50 @@ def test_readme_is_a_short_path_with_the_coco_command_on_its_first_screen():
         assert command in text
     # The .ci/run contract: it runs exactly the README's test command.
     assert "python -m pytest -q" in _text(".ci/run")
+
+
+# ----------------------------------------------------------------------------- the import graph
+
+_ANYWHERE = {"errors", "exit_codes", "utils"}
+
+
+def _imports_of_parts():
+    """{part of zenith_det: the parts it imports}, every import statement (lazy ones too)."""
+    import ast
+
+    graph = {}
+    package = os.path.join(REPO, "zenith_det")
+    for root, _, files in os.walk(package):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, REPO)[:-3].split(os.sep)  # ["zenith_det", part, ...]
+            if len(rel) == 2 and rel[1] == "__init__":
+                continue
+            part = rel[1]
+            module = rel[:-1] if rel[-1] == "__init__" else rel
+            found = graph.setdefault(part, set())
+            for node in ast.walk(ast.parse(_text(os.path.relpath(path, REPO)))):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    target = (module if rel[-1] == "__init__" else module[:-1])[:len(module) - node.level + (rel[-1] == "__init__")]
+                    target = target + (node.module.split(".") if node.module else [])
+                    names = [target[1]] if len(target) > 1 else [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zenith_det."):
+                    names = [node.module.split(".")[1]]
+                elif isinstance(node, ast.Import):
+                    names = [a.name.split(".")[1] for a in node.names if a.name.startswith("zenith_det.")]
+                else:
+                    continue
+                found.update(n for n in names if n != part and n not in _ANYWHERE)
+    return {part: deps for part, deps in graph.items() if part not in _ANYWHERE}
+
+
+def test_the_layout_page_draws_the_real_import_graph():
+    block = _text("docs/layout.md").split("lazy imports included", 1)[1]
+    drawn = {}
+    for line in _code_blocks(block)[0].splitlines():
+        part, _, deps = line.partition("->")
+        deps = deps.strip()
+        drawn[part.strip()] = set() if deps == "(nothing)" else {d.strip() for d in deps.split(",")}
+    assert drawn == _imports_of_parts()

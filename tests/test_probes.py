@@ -1,4 +1,4 @@
-"""What the race measures inside a run (zenith_det/analysis/probes.py: host syncs, optimizer
+"""What the race measures inside a run (zenith_det/race/probes.py: host syncs, optimizer
 state bytes) and tools/plot_metrics.py on our and detectron2's metrics.json."""
 import json
 import os
@@ -8,8 +8,8 @@ import torch
 
 from conftest import load_tool
 from zenith_det import Zenith
-from zenith_det.analysis import probes
-from zenith_det.analysis.metrics import load_metrics, wall_hours
+from zenith_det.race import probes
+from zenith_det.plots.metrics_json import load_metrics, wall_hours
 
 
 plot_metrics = load_tool("plot_metrics")
@@ -119,7 +119,7 @@ def test_state_bytes_per_parameter():
 def test_figures_without_matplotlib_are_one_line_naming_the_extra(monkeypatch, tmp_path):
     import builtins
 
-    from zenith_det.analysis.figures import plot_runs
+    from zenith_det.plots.figures import plot_runs
     from zenith_det.errors import UserError
 
     real_import = builtins.__import__

@@ -1,4 +1,4 @@
-"""The race (zenith_det/analysis, tools/compare.py): the statistics on designed data whose right
+"""The race (zenith_det/race, tools/compare.py): the statistics on designed data whose right
 answer is known, suite files and their pre-registration, the tuning stage, the runner and its
 summaries, the verdicts computed from runs, the report rebuilt from the summaries alone, the
 cost measurement, and one real run."""
@@ -13,10 +13,19 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_tool
-from zenith_det.analysis import claims, power, race, record, report, report_tables, results, stats, verdicts, weight_claims
-from zenith_det.analysis.metrics import load_metrics
-from zenith_det.analysis.overhead import measure_iteration_costs, ratio_summary, within_noise
-from zenith_det.analysis.suite import Run
+from zenith_det.race import claims_table as claims
+from zenith_det.race import power
+from zenith_det.race import runner as race
+from zenith_det.race import run_summary as record
+from zenith_det.race import report_page as report
+from zenith_det.race import report_tables
+from zenith_det.race import paired_runs as results
+from zenith_det.race import stats
+from zenith_det.race import verdict_rules as verdicts
+from zenith_det.race import weight_claims
+from zenith_det.plots.metrics_json import load_metrics
+from zenith_det.race.overhead import measure_iteration_costs, ratio_summary, within_noise
+from zenith_det.race.suite_format import Run
 from zenith_det.errors import UserError
 
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -630,15 +639,17 @@ def test_the_probe_counts_skipped_iterations_across_sessions():
     and a resumed run carries the earlier sessions' count in its checkpoint (the hook's state)."""
     from types import SimpleNamespace
 
-    from zenith_det.analysis import probes, race_run
+    from zenith_det.race import probes
+
+    from zenith_det.race import run_process as race_run
     from zenith_det.engine.events import EventStorage
 
-    probe = probes.race_probe_class()(10, 10, 5)
+    probe = probes.RaceProbe(10, 10, 5)
     probe.trainer = SimpleNamespace(storage=EventStorage())
     for k in (1, 2, 1):
         probe.trainer.storage.put_scalar("nonfinite_losses", k, smoothing_hint=False)
     assert probe.state_dict() == {"nonfinite_losses": 3}
-    resumed = probes.race_probe_class()(10, 10, 5)
+    resumed = probes.RaceProbe(10, 10, 5)
     resumed.trainer = SimpleNamespace(storage=None)
     resumed.load_state_dict(probe.state_dict())
     resumed.trainer.storage = EventStorage()
@@ -775,7 +786,7 @@ def test_the_runner_tunes_then_compares_and_continues_on_another_machine(tmp_pat
 
 
 def test_a_planned_run_probes_its_own_checkpoint_in_its_own_process(tmp_path, monkeypatch):
-    from zenith_det.analysis import race_run
+    from zenith_det.race import run_process as race_run
 
     suite = _load(tmp_path)
     plan = race._sharpness_of(suite, Run("zenith", 2))
@@ -813,7 +824,7 @@ def test_sigterm_stops_the_race_and_each_run_checkpoints(tmp_path):
     driver.write_text(
         "import json, signal, sys\n"
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        "from zenith_det.analysis import race\n"
+        "from zenith_det.race import runner as race\n"
         f"race.child_command = lambda config, opts, resume, sharpness=None: [sys.executable, {str(child)!r}, "
         "opts[opts.index('OUTPUT_DIR') + 1]]\n"
         f"codes = race.run_suite(race.load_suite({suite_path!r}), {str(tmp_path / 'out')!r}, jobs=2)\n"
@@ -859,7 +870,9 @@ def test_one_real_run_writes_stats_skips_and_probe_metrics(datasets_root, tmp_pa
     session are counted in the final stats, with the BatchNorm treatment and the machine."""
     import torch
 
-    from zenith_det.analysis import probes, race_run
+    from zenith_det.race import probes
+
+    from zenith_det.race import run_process as race_run
     from zenith_det.engine import Trainer
 
     calls = {"n": 0}

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from zenith_det.analysis import checkpoint_sharpness, lr_implied_sharpness, power_iteration
+from zenith_det.race.sharpness import checkpoint_sharpness, lr_implied_sharpness, power_iteration
 from zenith_det.engine import Trainer, default_setup
 
 

@@ -12,13 +12,13 @@
 A suite file declares the arms (configs/compare/*.yaml, each a config with _BASE_),
 the seeds, how each arm's lr is chosen, and, before anything runs, the primary
 metric, alpha, the equivalence margins and the power calculation
-(zenith_det/analysis/suite.py). The race trains the lr-tuning stage, then the
+(zenith_det/race/suite_format.py). The race trains the lr-tuning stage, then the
 comparison at the chosen lrs, each run in its own process into OUT/<arm>/seed<k>/,
 and writes each finished run's summary beside the report (the suite's
-`summaries`, e.g. docs/race/cpu/; zenith_det/analysis/race.py, record.py). Then:
+`summaries`, e.g. docs/race/cpu/; zenith_det/race/runner.py, run_summary.py). Then:
 each arm's cost per iteration in interleaved blocks (costs.json), the flatness
 probes that did not run with their runs, and the report with its verdict per
-claim (zenith_det/analysis/report.py), built from the summaries alone.
+claim (zenith_det/race/report_page.py), built from the summaries alone.
 Trailing KEY VALUE pairs apply to every run.
 """
 import argparse
@@ -27,7 +27,7 @@ import shlex
 import shutil
 import sys
 
-from zenith_det.analysis import race, record, report
+from zenith_det.race import report_page, run_summary, runner
 from zenith_det.errors import UserError
 from zenith_det.utils.cli import run_guarded
 
@@ -55,25 +55,25 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    suite = race.load_suite(args.suite)
-    summaries = args.summaries or record.summaries_dir(suite, args.out)
+    suite = runner.load_suite(args.suite)
+    summaries = args.summaries or run_summary.summaries_dir(suite, args.out)
     if args.report_only and not args.report:
         raise UserError("--report-only: give --report PATH, the report to rebuild")
     if not args.report_only:
-        from zenith_det.analysis.overhead import measure_suite_costs
+        from zenith_det.race.overhead import measure_suite_costs
 
-        costs = os.path.join(summaries, record.COSTS)
+        costs = os.path.join(summaries, run_summary.COSTS)
         if args.cost_rounds > 0 and not os.path.exists(costs):
-            if os.path.exists(os.path.join(args.out, record.COSTS)):  # measured before summaries were kept
+            if os.path.exists(os.path.join(args.out, run_summary.COSTS)):  # measured before summaries were kept
                 os.makedirs(summaries, exist_ok=True)
-                shutil.copyfile(os.path.join(args.out, record.COSTS), costs)
+                shutil.copyfile(os.path.join(args.out, run_summary.COSTS), costs)
             else:
                 measure_suite_costs(suite, args.out, rounds=args.cost_rounds, threads=max((os.cpu_count() or 1) // args.jobs, 1),
                                     extra=args.opts, dest=costs)
-        race.run_suite(suite, args.out, jobs=args.jobs, only=args.only, retry_failed=args.retry_failed, extra=args.opts,
+        runner.run_suite(suite, args.out, jobs=args.jobs, only=args.only, retry_failed=args.retry_failed, extra=args.opts,
                        summaries=summaries)
         if args.sharpness_iters != 0:
-            race.run_sharpness(suite, args.out, jobs=args.jobs, summaries=summaries)
+            runner.run_sharpness(suite, args.out, jobs=args.jobs, summaries=summaries)
     if args.report:
         command = "python tools/compare.py " + shlex.join(args.argv)
         notes = ""
@@ -83,7 +83,7 @@ def _run(args) -> int:
                     notes = f.read()
             except OSError as e:
                 raise UserError(f"--notes {args.notes}: cannot read it ({e.strerror})")
-        report.write_report(suite, summaries, args.report, command, notes)
+        report_page.write_report(suite, summaries, args.report, command, notes)
         print(f"[race] wrote {args.report}")
     return 0
 

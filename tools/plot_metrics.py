@@ -26,8 +26,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from zenith_det.analysis.figures import FIGURES, plot_runs  # noqa: F401  (FIGURES: what it writes)
-from zenith_det.analysis.metrics import load_metrics, metrics_path
+from zenith_det.plots.figures import FIGURES, plot_runs  # noqa: F401  (FIGURES: what it writes)
+from zenith_det.plots.metrics_json import load_metrics, metrics_path
 
 
 def run_label(run: str) -> str:

@@ -4,12 +4,12 @@
     python tools/sharpness.py output/run/model_final.pth [--batches 4] [--iters 100] [--tol 0.02] [--json-out F]
 
 Power iteration with finite-difference Hessian-vector products on the first batches
-of the run's own training stream (zenith_det/analysis/sharpness.py), deterministic,
+of the run's own training stream (zenith_det/race/sharpness.py), deterministic,
 until the relative residual ||Hv - lambda v|| / |lambda| is at most --tol (or --iters).
 """
 import sys
 
-from zenith_det.analysis import checkpoint_sharpness
+from zenith_det.race.sharpness import checkpoint_sharpness
 from zenith_det.utils.cli import OneLineArgumentParser, run_guarded
 from zenith_det.utils.fileio import atomic_write_json
 

@@ -1,8 +1,8 @@
 """The rules that decide the paper's claims from a race's runs (the table of claims:
-analysis.claims; the claims about the trained weights: analysis.weight_claims).
+race.claims_table; the claims about the trained weights: race.weight_claims).
 
 Every verdict is computed from the runs' summaries, by the rule in its "test"
-column and with what the suite declared before the runs (analysis.suite): the
+column and with what the suite declared before the runs (race.suite_format): the
 primary metric, alpha, the equivalence margins.
 
 * A claim is a family of comparisons, each paired over the seeds both arms ran;
@@ -26,7 +26,7 @@ import itertools
 import statistics
 from typing import List, Optional, Tuple
 
-from .results import METRIC_NAMES, SECONDARY, Pairing, RaceResults, pair
+from .paired_runs import METRIC_NAMES, SECONDARY, Pairing, RaceResults, pair
 from .stats import Summary, beyond_margin_p, holm, paired_t_p, tost_p
 
 SUPPORTED, REFUTED, UNDECIDED = "supported", "refuted at this scale", "undecided"

@@ -1,6 +1,6 @@
 """A race of optimizer configs: arms x paired seeds, each run in its own process.
 
-The suite file (analysis.suite; e.g. configs/compare/suites/cpu.yaml) declares the
+The suite file (race.suite_format; e.g. configs/compare/suites/cpu.yaml) declares the
 arms, the seeds and everything the verdicts depend on, before anything runs. The
 race trains it in two stages:
 
@@ -17,7 +17,7 @@ race trains it in two stages:
    declared value; `none`: the config's, for methods without an lr).
 
 Each run trains into OUT/<arm>/seed<k>/ (tuning: OUT/<arm>/tune-lr<lr>/seed<k>/). As
-each finishes, its summary is written beside the report (analysis.record): a run
+each finishes, its summary is written beside the report (race.run_summary): a run
 whose summary exists is not trained again, on this machine or another; a stopped one
 resumes from its checkpoint; a failed one is recorded and retried only on request.
 """
@@ -33,10 +33,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..exit_codes import PREEMPTED
 from ..utils.fileio import atomic_write_json
-from . import record
-from .record import COSTS, FAILED, SHARPNESS, STATS  # noqa: F401  (the names other modules use)
-from .suite import MODES, Arm, Run, Suite, extend_grid  # noqa: F401
-from .suite_file import load_suite  # noqa: F401  (the name tools and tests use)
+from . import run_summary
+from .run_summary import COSTS, FAILED, SHARPNESS, STATS  # noqa: F401  (the names other modules use)
+from .suite_format import MODES, Arm, Run, Suite, extend_grid  # noqa: F401
+from .suite_loading import load_suite  # noqa: F401  (the name tools and tests use)
 from .stats import Summary
 
 # ------------------------------------------------------------------------------------ the lrs
@@ -153,7 +153,7 @@ def run_options(suite: Suite, arm: Arm, seed: int, out: str, extra: Sequence[str
 
 
 def child_command(config: str, opts: Sequence[str], resume: bool, sharpness=None) -> List[str]:
-    cmd = [sys.executable, "-m", "zenith_det.analysis.race_run", config] + (["--resume"] if resume else [])
+    cmd = [sys.executable, "-m", "zenith_det.race.run_process", config] + (["--resume"] if resume else [])
     if sharpness is not None:
         cmd += ["--sharpness-after"] + [str(v) for v in sharpness]
     return cmd + ["--"] + list(opts)
@@ -168,9 +168,9 @@ def _sharpness_of(suite: Suite, run: Run):
 
 def _record(suite: Suite, run: Run, vdir: str, opts: Sequence[str], lr, summaries: str, log) -> Optional[dict]:
     """Write the run's summary from its folder (once it has an outcome); returns it."""
-    summary = record.build_summary(suite, run, vdir, _without_folder(opts), lr)
+    summary = run_summary.build_summary(suite, run, vdir, _without_folder(opts), lr)
     if summary is not None:
-        record.write_summary(summaries, run, summary)
+        run_summary.write_summary(summaries, run, summary)
     return summary
 
 
@@ -202,11 +202,11 @@ def run_suite(suite: Suite, out: str, jobs: int = 1, only: Optional[Sequence[str
     the tuning stage, then the comparison at the chosen lrs. Returns {run folder: exit code}
     for the runs started now."""
     log = log or _say
-    summaries = summaries or record.summaries_dir(suite, out)
+    summaries = summaries or run_summary.summaries_dir(suite, out)
     codes: Dict[str, int] = {}
     tuning: List[Run] = []
     while True:  # the declared grids, then each point the edge rule adds, until none is added
-        choices = choose_lrs(suite, record.read_all(suite, summaries))
+        choices = choose_lrs(suite, run_summary.read_all(suite, summaries))
         more = [r for r in tuning_runs(suite, choices) if r not in tuning]
         if not more:
             break
@@ -231,11 +231,11 @@ def _run_stage(suite, out, summaries, runs, choices, jobs, only, retry_failed, e
         else:
             lr, waiting = resolve_lr(suite, arm, choices)
         vdir = os.path.join(out, run.key)
-        summary = record.read_summary(summaries, run)
+        summary = run_summary.read_summary(summaries, run)
         if summary is None and (os.path.exists(os.path.join(vdir, STATS)) or os.path.exists(os.path.join(vdir, FAILED))):
             # trained before its summary was written (a race stopped between the two): record it now,
             # at the lr it trained at
-            outcome = record._load_json(os.path.join(vdir, STATS)) or record._load_json(os.path.join(vdir, FAILED)) or {}
+            outcome = run_summary._load_json(os.path.join(vdir, STATS)) or run_summary._load_json(os.path.join(vdir, FAILED)) or {}
             trained = outcome.get("base_lr", lr) if arm.lr.kind != "none" else None
             opts = run_options(suite, arm, run.seed, out, extra, trained, run.key)
             summary = _record(suite, run, vdir, opts, trained, summaries, log)
@@ -247,12 +247,12 @@ def _run_stage(suite, out, summaries, runs, choices, jobs, only, retry_failed, e
             if not same_lr(summary.get("lr"), lr):
                 log(f"[race] {run.describe(suite.labels)}: trained at lr {summary.get('lr')}, the lr now chosen is {lr}: "
                     "training it again")
-                _remove(record.summary_path(summaries, run), vdir)
+                _remove(run_summary.summary_path(summaries, run), vdir)
             elif summary["status"] == "failed":
                 if not retry_failed:
                     log(f"[race] {run.describe(suite.labels)}: failed before; --retry-failed to run again")
                     continue
-                _remove(record.summary_path(summaries, run), vdir)
+                _remove(run_summary.summary_path(summaries, run), vdir)
             else:
                 continue
         resume = os.path.exists(os.path.join(vdir, "last_checkpoint"))
@@ -345,25 +345,25 @@ def run_sharpness(suite: Suite, out: str, jobs: int = 1, log=None, summaries: Op
     probes its own final checkpoint as it ends): those whose checkpoint is on this
     machine; the result goes into the run's summary."""
     log = log or _say
-    summaries = summaries or record.summaries_dir(suite, out)
+    summaries = summaries or run_summary.summaries_dir(suite, out)
     plan = suite.sharpness
     todo = []
     for name in plan.arms:
         for seed in plan.seeds.get(name, ()):
             run = Run(name, seed)
-            summary = record.read_summary(summaries, run)
+            summary = run_summary.read_summary(summaries, run)
             vdir = os.path.join(out, run.key)
             ckpt = os.path.join(vdir, "model_final.pth")
             if summary is None or summary["status"] != "ok" or summary.get("sharpness") or not os.path.exists(ckpt):
                 continue
-            cmd = [sys.executable, "-m", "zenith_det.analysis.race_run", "--sharpness", ckpt, os.path.join(vdir, SHARPNESS),
+            cmd = [sys.executable, "-m", "zenith_det.race.run_process", "--sharpness", ckpt, os.path.join(vdir, SHARPNESS),
                    str(plan.batches), str(plan.max_iters), str(plan.tol)]
 
             def done(rc, run=run, vdir=vdir, summary=summary):
-                sharp = record._load_json(os.path.join(vdir, SHARPNESS))
+                sharp = run_summary._load_json(os.path.join(vdir, SHARPNESS))
                 if rc == 0 and sharp:
-                    summary["sharpness"] = record._sharpness(sharp)
-                    record.write_summary(summaries, run, summary)
+                    summary["sharpness"] = run_summary._sharpness(sharp)
+                    run_summary.write_summary(summaries, run, summary)
 
             todo.append(_Job(run, vdir, cmd, False, done, what="flatness probe"))
     if todo:

@@ -114,7 +114,7 @@ def measure_suite_costs(suite, out: str, rounds: int = 5, block: int = 4, thread
 
     from ..config import load_config
     from ..utils.fileio import atomic_write_json
-    from .race import COSTS, run_options
+    from .runner import COSTS, run_options
 
     arms = [a for a in suite.arms if a.group in ("main", "automatic")]
     configs = {}

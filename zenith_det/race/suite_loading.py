@@ -1,4 +1,4 @@
-"""Reading a race's suite file (its format: analysis.suite): every field is checked, and a
+"""Reading a race's suite file (its format: race.suite_format): every field is checked, and a
 bad or missing declaration is a one-line UserError naming the suite file and the field."""
 import math
 import os
@@ -7,7 +7,7 @@ from typing import List, Optional
 import yaml
 
 from ..errors import UserError
-from .suite import (CORRECTIONS, EQUIVALENCE_GROUPS, GROUPS, LR_KINDS, METRICS, MODES, STARTS, Arm, LrChoice, PlanningSd,
+from .suite_format import (CORRECTIONS, EQUIVALENCE_GROUPS, GROUPS, LR_KINDS, METRICS, MODES, STARTS, Arm, LrChoice, PlanningSd,
                     PowerPlan, Preregistration, SharpnessPlan, Suite, Tuning)
 
 

@@ -10,7 +10,7 @@ import os
 from typing import Dict, List
 
 from ..errors import UserError
-from .metrics import AP_KEYS, ap_curve, grad_norm_series, series, step_size_series, wall_hours
+from .metrics_json import AP_KEYS, ap_curve, grad_norm_series, series, step_size_series, wall_hours
 
 FIGURES = ("map_vs_time.png", "loss.png", "lr.png", "grad_norm.png")
 

@@ -1,13 +1,13 @@
 """The claims about the trained weights: weight decay's effect, only where the decay
 shrinks the weights enough for a test to see it, and the flatness of the final minima,
-only between settled probes at comparable final step sizes (rules as in analysis.verdicts)."""
+only between settled probes at comparable final step sizes (rules as in race.verdict_rules)."""
 import math
 import statistics
 from typing import Dict, List, Optional
 
-from .results import Pairing, RaceResults, pair
+from .paired_runs import Pairing, RaceResults, pair
 from .stats import Summary, paired_t_p
-from .verdicts import (NOT_TESTABLE, REFUTED, SUPPORTED, UNDECIDED, Tested, diverged_cell, holm_family, incomplete_text,
+from .verdict_rules import (NOT_TESTABLE, REFUTED, SUPPORTED, UNDECIDED, Tested, diverged_cell, holm_family, incomplete_text,
                        interval_text, p_text, superiority_verdict)
 
 

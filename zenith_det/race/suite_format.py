@@ -6,7 +6,7 @@
     budget_hours: 0.05        # wall_clock only
     eval_minutes: 0.5         # wall_clock only: evaluate every this many minutes
     seeds: 40                 # the comparison seeds: a list, or N for 0 .. N-1; the same for every arm
-    summaries: ../../../docs/race/cpu   # one small json per finished run (analysis.record), beside the report
+    summaries: ../../../docs/race/cpu   # one small json per finished run (race.run_summary), beside the report
     reference: zenith         # the arm the paired differences are taken against
     set: {MODEL.DEVICE: cuda} # optional: overrides for every run, before each arm's own
     tuning:                   # the lr tuning stage: each `lr: {tune: [...]}` arm trains every point of
@@ -41,7 +41,7 @@
                                                 # {none: why}: how this arm's lr is chosen
         set: {SOLVER.ZENITH.START: full}       # optional overrides on top of the config
 
-Every field is checked when the file is read (analysis.suite_file.load_suite): a bad
+Every field is checked when the file is read (race.suite_loading.load_suite): a bad
 or missing declaration is a one-line UserError naming the suite file and the field.
 """
 import dataclasses

@@ -1,7 +1,7 @@
-"""One run of a race, in its own process (started by `analysis.race.run_suite`).
+"""One run of a race, in its own process (started by `race.runner.run_suite`).
 
-    python -m zenith_det.analysis.race_run CONFIG [--resume] [--sharpness-after BATCHES ITERS TOL] -- KEY VALUE ...
-    python -m zenith_det.analysis.race_run --sharpness CHECKPOINT OUT.json BATCHES ITERS [TOL]
+    python -m zenith_det.race.run_process CONFIG [--resume] [--sharpness-after BATCHES ITERS TOL] -- KEY VALUE ...
+    python -m zenith_det.race.run_process --sharpness CHECKPOINT OUT.json BATCHES ITERS [TOL]
 
 Trains CONFIG with the options through the ordinary Trainer plus the race's probe
 hook, then writes race_stats.json (or race_failed.json) into OUTPUT_DIR; with
@@ -21,8 +21,9 @@ import time
 from typing import List
 
 from .. import exit_codes
-from .probes import SYNC_START, SYNC_STEPS, num_params, optimizer_state_bytes, peak_memory, race_probe_class
-from .race import FAILED, SHARPNESS, STATS
+from ..engine import Trainer, hooks
+from .probes import SYNC_START, SYNC_STEPS, num_params, optimizer_state_bytes, peak_memory, RaceProbe
+from .runner import FAILED, SHARPNESS, STATS
 
 
 def skipped_steps(trainer) -> dict:
@@ -43,29 +44,30 @@ def bn_at_eval(cfg, spec) -> dict:
     return {"recomputed": False, "batches": 0, "why": "the running statistics of training"}
 
 
+class RaceTrainer(Trainer):
+    """The trainer with the race's probe, registered before the writer so what it logs at an
+    iteration is written with it."""
+
+    def build_hooks(self):
+        built = super().build_hooks()
+        self.probe = RaceProbe(self.cfg.LOG_PERIOD, SYNC_START, SYNC_STEPS)
+        at = next((i for i, h in enumerate(built) if isinstance(h, hooks.PeriodicWriter)), len(built))
+        return built[:at] + [self.probe] + built[at:]
+
+
 def train_one(config: str, opts: List[str], resume: bool, sharpness_after=None) -> int:
     import torch
 
     from ..config import load_config
-    from ..engine import Trainer, default_setup, hooks
+    from ..engine import default_setup
     from ..solver import lr_schedule_name
     from ..utils.fileio import atomic_write_json
-    from .record import machine_description
+    from .run_summary import machine_description
 
     torch.set_num_threads(int(os.environ.get("ZENITH_RACE_THREADS", torch.get_num_threads())))
     cfg = load_config(config, opts)
     default_setup(cfg, resume=resume)
     cfg.freeze()
-    probe_class = race_probe_class()
-
-    class RaceTrainer(Trainer):
-        def build_hooks(self):
-            built = super().build_hooks()
-            self.probe = probe_class(cfg.LOG_PERIOD, SYNC_START, SYNC_STEPS)
-            # before the writer, so what it logs at an iteration is written with it
-            at = next((i for i, h in enumerate(built) if isinstance(h, hooks.PeriodicWriter)), len(built))
-            return built[:at] + [self.probe] + built[at:]
-
     started = time.perf_counter()
     trainer = RaceTrainer(cfg)
     trainer.resume_or_load(resume=resume)

@@ -1,5 +1,5 @@
 """The race's report: the pre-registration, the verdicts, the power calculation, tables and
-figures, every number computed from the runs' summaries (analysis.record).
+figures, every number computed from the runs' summaries (race.run_summary).
 
 Nothing stating a result is written by hand, and nothing is read from the run
 folders: the report is rebuilt from the summaries alone (and costs.json beside them),
@@ -12,13 +12,13 @@ from collections import OrderedDict
 from typing import List
 
 from ..utils.fileio import atomic_write_text
-from . import record
-from .claims import claim_rows
+from . import run_summary
+from .claims_table import claim_rows
 from .power import power_paired_t, power_tost, seeds_for
 from .report_tables import arm_table, bn_lines, cost_lines, flatness_lines, grid_lines, lr_used, start_lines, tuning_lines
-from .results import METRIC_NAMES, SECONDARY, RaceResults, pair
+from .paired_runs import METRIC_NAMES, SECONDARY, RaceResults, pair
 from .stats import t975
-from .suite import EQUIVALENCE_GROUPS, Suite
+from .suite_format import EQUIVALENCE_GROUPS, Suite
 
 GROUP_TITLES = OrderedDict([
     ("main", "ZENITH against hand-made schedules, each at its own tuned lr"),
@@ -32,7 +32,7 @@ GROUP_TITLES = OrderedDict([
 
 def collect(suite: Suite, summaries: str) -> RaceResults:
     """The results of every declared run whose summary is in `summaries`."""
-    return RaceResults(suite, record.read_all(suite, summaries), summaries)
+    return RaceResults(suite, run_summary.read_all(suite, summaries), summaries)
 
 
 def _seed_text(seeds) -> str:
@@ -222,7 +222,7 @@ def _rel(path: str) -> str:
 
 
 def figure_lines(res: RaceResults, report_dir: str, fig_dir: str) -> List[str]:
-    from .figures import plot_runs
+    from ..plots.figures import plot_runs
 
     lines = []
     for group, title in GROUP_TITLES.items():
@@ -235,7 +235,7 @@ def figure_lines(res: RaceResults, report_dir: str, fig_dir: str) -> List[str]:
         seed = next((s for s in res.suite.seeds if all(res.status(a, s) == "ok" for a in members)), None)
         if seed is None:
             seed = res.suite.seeds[0]
-        curves = OrderedDict((res.labels[a], record.records_of(res.summary(a, seed))) for a in members
+        curves = OrderedDict((res.labels[a], run_summary.records_of(res.summary(a, seed))) for a in members
                              if res.status(a, seed) == "ok")
         curves = OrderedDict((k, v) for k, v in curves.items() if v)
         if len(curves) < 2:

@@ -1,5 +1,5 @@
 """The report's tables: the lrs the tuning chose, each group's arms, the cost per iteration,
-the start-up rule, the eta0 and W grids, and the flatness probes (analysis.report puts them
+the start-up rule, the eta0 and W grids, and the flatness probes (race.report_page puts them
 on the page)."""
 import json
 import math
@@ -7,10 +7,10 @@ import os
 import statistics
 from typing import List
 
-from . import record
-from .results import METRIC_NAMES, SECONDARY, RaceResults, pair
+from . import run_summary
+from .paired_runs import METRIC_NAMES, SECONDARY, RaceResults, pair
 from .stats import Summary
-from .verdicts import equivalence, interval_text, start_decision, start_name
+from .verdict_rules import equivalence, interval_text, start_decision, start_name
 from .weight_claims import normalized_sharpness, sharpness_of
 
 
@@ -113,7 +113,7 @@ def bn_lines(res: RaceResults) -> List[str]:
 
 
 def cost_lines(res: RaceResults, summaries: str) -> List[str]:
-    path = os.path.join(summaries, record.COSTS)
+    path = os.path.join(summaries, run_summary.COSTS)
     if not os.path.exists(path):
         return ["Not measured (run without --cost-rounds 0)."]
     from .overhead import ratio_summary, within_noise

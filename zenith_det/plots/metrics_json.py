@@ -4,7 +4,7 @@ Each line of the file is one JSON object with "iteration" and scalars: losses
 ("total_loss"), "lr", "time" (seconds per iteration), evaluation results
 ("bbox/AP", "bbox/AP50", "segm/AP", "keypoints/AP", ...), and in our runs
 "zenith/multiplier", "grad_norm", and "wall_seconds", "eval_wall_seconds" and
-"lr_effective" (written by the race's probe hook, `analysis.probes`).
+"lr_effective" (written by the race's probe hook, `race.probes`).
 """
 import json
 import math

@@ -4,9 +4,9 @@ import dataclasses
 import math
 from typing import Dict, List, Optional, Tuple
 
-from .race import choose_lrs, resolve_lr, same_lr, tuning_runs
+from .runner import choose_lrs, resolve_lr, same_lr, tuning_runs
 from .stats import Summary, pooled_sd
-from .suite import METRIC_NAMES, Run, Suite  # noqa: F401  (METRIC_NAMES: the name the verdicts and report use)
+from .suite_format import METRIC_NAMES, Run, Suite  # noqa: F401  (METRIC_NAMES: the name the verdicts and report use)
 
 
 SECONDARY = "bbox/AP50"

@@ -20,8 +20,8 @@ import platform
 from typing import Dict, List, Optional
 
 from ..utils.fileio import atomic_write_json
-from .metrics import load_metrics, series
-from .suite import METRICS, Run, Suite
+from ..plots.metrics_json import load_metrics, series
+from .suite_format import METRICS, Run, Suite
 
 FORMAT = 1
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

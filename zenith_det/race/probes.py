@@ -12,6 +12,8 @@ import math
 import resource
 from typing import List
 
+from ..engine.train_loop import HookBase
+
 # host syncs are counted in SYNC_STEPS optimizer steps from the run's SYNC_START-th step
 # (past the first steps, where several methods initialise state with a host read)
 SYNC_START, SYNC_STEPS = 10, 5
@@ -136,66 +138,60 @@ def peak_memory():
 # the training process
 
 
-def race_probe_class():
-    """The probe hook class (imported lazily: the engine is only needed inside a run)."""
-    from ..engine.train_loop import HookBase
+class RaceProbe(HookBase):
+    """Logs wall_seconds (the budget clock, evaluations included) at each log period,
+    eval_wall_seconds after each evaluation, lr_effective at the log period; counts
+    host syncs in a few optimizer steps, and the iterations the trainer skipped for a
+    non-finite loss (`nonfinite_losses`).
 
-    class RaceProbe(HookBase):
-        """Logs wall_seconds (the budget clock, evaluations included) at each log period,
-        eval_wall_seconds after each evaluation, lr_effective at the log period; counts
-        host syncs in a few optimizer steps, and the iterations the trainer skipped for a
-        non-finite loss (`nonfinite_losses`).
+    The trainer puts "nonfinite_losses" into its storage at every skipped iteration;
+    the storage counts the puts without reading a value. The storage lives for one
+    process, so the count of earlier sessions of a resumed run comes from the
+    checkpoint (this hook's state_dict)."""
 
-        The trainer puts "nonfinite_losses" into its storage at every skipped iteration;
-        the storage counts the puts without reading a value. The storage lives for one
-        process, so the count of earlier sessions of a resumed run comes from the
-        checkpoint (this hook's state_dict)."""
+    def __init__(self, log_period: int, sync_start: int, sync_steps: int):
+        self.log_period = log_period
+        self.sync_start, self.sync_steps = sync_start, sync_steps
+        self.sync_counter = None
+        self._last_eval = None
+        self._nonfinite_before = 0  # skipped iterations of the sessions before this one
 
-        def __init__(self, log_period: int, sync_start: int, sync_steps: int):
-            self.log_period = log_period
-            self.sync_start, self.sync_steps = sync_start, sync_steps
-            self.sync_counter = None
-            self._last_eval = None
-            self._nonfinite_before = 0  # skipped iterations of the sessions before this one
+    @property
+    def nonfinite_losses(self) -> int:
+        storage = getattr(self.trainer, "storage", None) if self.trainer is not None else None
+        return self._nonfinite_before + (storage.count("nonfinite_losses") if storage is not None else 0)
 
-        @property
-        def nonfinite_losses(self) -> int:
-            storage = getattr(self.trainer, "storage", None) if self.trainer is not None else None
-            return self._nonfinite_before + (storage.count("nonfinite_losses") if storage is not None else 0)
+    def state_dict(self) -> dict:
+        return {"nonfinite_losses": self.nonfinite_losses}
 
-        def state_dict(self) -> dict:
-            return {"nonfinite_losses": self.nonfinite_losses}
+    def load_state_dict(self, state: dict) -> None:
+        self._nonfinite_before = int(state.get("nonfinite_losses", 0))
 
-        def load_state_dict(self, state: dict) -> None:
-            self._nonfinite_before = int(state.get("nonfinite_losses", 0))
+    def before_step(self):
+        done_before = self.trainer.iter - self.trainer.start_iter
+        if self.sync_counter is None and done_before >= self.sync_start:
+            self.sync_counter = StepSyncCounter(self.trainer.optimizer).start()
 
-        def before_step(self):
-            done_before = self.trainer.iter - self.trainer.start_iter
-            if self.sync_counter is None and done_before >= self.sync_start:
-                self.sync_counter = StepSyncCounter(self.trainer.optimizer).start()
+    def after_step(self):
+        t = self.trainer
+        if self.sync_counter is not None and self.sync_counter._handles and len(self.sync_counter.counts) >= self.sync_steps:
+            self.sync_counter.stop()
+        clock = t.clock
+        evaluated = clock.eval_seconds is not None and clock.eval_seconds is not self._last_eval
+        if evaluated:
+            self._last_eval = clock.eval_seconds
+        if evaluated:
+            # its own key: the writer keeps only the newest value of a key between two
+            # writes, so "wall_seconds" at the next log period would hide this one
+            t.storage.put_scalar("eval_wall_seconds", clock.elapsed(), smoothing_hint=False)
+        if (t.iter + 1) % self.log_period == 0:
+            t.storage.put_scalar("wall_seconds", clock.elapsed(), smoothing_hint=False)
+        if (t.iter + 1) % self.log_period == 0:
+            lr = t.optimizer_spec.effective_lr(t.optimizer)
+            if lr is not None and math.isfinite(lr):
+                t.storage.put_scalar("lr_effective", lr, smoothing_hint=False)
 
-        def after_step(self):
-            t = self.trainer
-            if self.sync_counter is not None and self.sync_counter._handles and len(self.sync_counter.counts) >= self.sync_steps:
-                self.sync_counter.stop()
-            clock = t.clock
-            evaluated = clock.eval_seconds is not None and clock.eval_seconds is not self._last_eval
-            if evaluated:
-                self._last_eval = clock.eval_seconds
-            if evaluated:
-                # its own key: the writer keeps only the newest value of a key between two
-                # writes, so "wall_seconds" at the next log period would hide this one
-                t.storage.put_scalar("eval_wall_seconds", clock.elapsed(), smoothing_hint=False)
-            if (t.iter + 1) % self.log_period == 0:
-                t.storage.put_scalar("wall_seconds", clock.elapsed(), smoothing_hint=False)
-            if (t.iter + 1) % self.log_period == 0:
-                lr = t.optimizer_spec.effective_lr(t.optimizer)
-                if lr is not None and math.isfinite(lr):
-                    t.storage.put_scalar("lr_effective", lr, smoothing_hint=False)
-
-        def after_train(self):
-            if self.sync_counter is not None:
-                self.sync_counter.stop()
-            self.trainer.storage.put_scalar("wall_seconds", self.trainer.clock.elapsed(), smoothing_hint=False)
-
-    return RaceProbe
+    def after_train(self):
+        if self.sync_counter is not None:
+            self.sync_counter.stop()
+        self.trainer.storage.put_scalar("wall_seconds", self.trainer.clock.elapsed(), smoothing_hint=False)

@@ -1,9 +1,9 @@
 """The table of the paper's claims: one row per claim, with its test, its numbers, its
-diverged runs and its verdict (the rules: analysis.verdicts and analysis.weight_claims)."""
+diverged runs and its verdict (the rules: race.verdict_rules and race.weight_claims)."""
 from typing import List
 
-from .results import METRIC_NAMES, SECONDARY, RaceResults
-from .verdicts import compare_against, insensitivity_claim, start_decision
+from .paired_runs import METRIC_NAMES, SECONDARY, RaceResults
+from .verdict_rules import compare_against, insensitivity_claim, start_decision
 from .weight_claims import flatness_claim, weight_decay_claim
 
 
