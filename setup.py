@@ -38,7 +38,7 @@ setup(
     ],
     extras_require={
         # The baselines, scipy and matplotlib too, so CI runs tests/test_baselines.py and
-        # tests/test_race.py instead of skipping them (all small, pure-python wheels but matplotlib).
+        # tests/race/ instead of skipping them (all small, pure-python wheels but matplotlib).
         # submitit too, so CI runs tests/test_slurm.py (tools/submit.py) instead of skipping it.
         "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.4", "faster-coco-eval>=1.6", "matplotlib>=3.7",
                  "submitit>=1.5"] + ANALYSIS + BASELINES + EXPORT,

@@ -1,0 +1,54 @@
+"""The report rebuilt from the summaries alone (race/report_page.py, race/report_tables.py)."""
+import json
+import os
+
+import pytest
+
+from conftest import load_tool
+from zenith_det.race import run_summary as record
+from race_fixtures import (  # noqa: F401
+    _load,
+    _fake_race,
+)
+
+scipy_stats = pytest.importorskip("scipy.stats")
+
+
+@pytest.mark.slow
+def test_report_is_generated_from_the_summaries_alone(tmp_path):
+    pytest.importorskip("matplotlib")
+    suite = _load(tmp_path)
+    _fake_race(suite, suite.summaries, zenith_gain=3.0)
+    assert not any(files for _, _, files in os.walk(suite.summaries + "_runs"))  # no run folders: only the summaries
+    with open(os.path.join(suite.summaries, record.COSTS), "w") as f:
+        json.dump({"rounds": 3, "block": 2, "threads": 1, "peer": "zenith",
+                   "costs": {"zenith": {"step_seconds": [0.012, 0.011, 0.013], "iteration_seconds": [0.41, 0.40, 0.42]},
+                             "sgd": {"step_seconds": [0.010, 0.010, 0.010], "iteration_seconds": [0.40, 0.41, 0.40]}}}, f)
+    sizes = [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(suite.summaries) for f in fs if f.startswith("seed")]
+    assert max(sizes) < 8000  # a few KB per run
+    path = str(tmp_path / "docs" / "RESULTS.md")
+    compare = load_tool("compare")
+    assert compare.main(["--suite", suite.path, "--report", path, "--report-only", "--out", str(tmp_path / "nowhere")]) == 0
+    text = open(path).read()
+    order = ["## Verdict per claim", "## Runs missing, failed or stale", "## Pre-registration", "## Power",
+             "## Learning rates chosen on the tuning seeds", "## Setup"]
+    assert [text.index(h) for h in order] == sorted(text.index(h) for h in order)
+    assert "| more AP than hand-made schedules at the same budget |" in text and "**supported**" in text
+    assert "None: every declared run has its summary" in text
+    assert "- **Primary metric**: box AP (`bbox/AP`)" in text and "- **Alpha**: 0.05" in text
+    assert "- **Equivalence margin, W**: ±2 box AP (TOST)." in text
+    assert "| ZENITH | main | 6 | tuned: the best mean of 2 lrs (0.01, 0.02) on tuning seeds 100, 101 | 0.02 |" in text
+    assert "| ZENITH eta0" not in text and "| ZENITH x2 | eta0 | 6 | 2 x the lr chosen for ZENITH | 0.04 |" in text
+    assert "paired SD `variants`: 0.81 from the 95% interval [-1, +3] of 3 paired seeds" in text
+    assert "| main | 1 | paired t | 2.00 (`main`) | 0.05 | 3 | 6 |" in text
+    assert "| SGD | 0.005 | 42.0 ± 0.0 |  |  | **yes** (edge of the grid) |" in text
+    assert "| ZENITH | ZENITH | 0.02 | 6/6 |" in text
+    assert "BatchNorm at evaluation, every arm: recomputed (20 batches) at the evaluated weights." in text
+    assert "1.20 [1.10, 1.30]" in text  # ZENITH's step cost against SGD's, round by round
+    assert "**Decision: none wins beyond the noise: keep partial.**" in text
+    assert "a test machine" in text and "abc1234" in text
+    assert "--report-only --out" in text  # the command that rebuilds it
+    assert "| ZENITH W60 | 60 | 6/6 |" in text
+    for name in ("map_vs_time.png", "weight_decay_loss.png", "eta0_lr.png", "start_grad_norm.png"):
+        assert (tmp_path / "docs" / "figures" / name).stat().st_size > 5000, name
+        assert f"](figures/{name})" in text
