@@ -6,6 +6,7 @@ import pytest
 
 from conftest import load_tool
 from zenith_det.race import run_summary as record
+from zenith_det.race import stats
 from race_fixtures import (  # noqa: F401
     _load,
     _fake_race,
@@ -49,6 +50,19 @@ def test_report_is_generated_from_the_summaries_alone(tmp_path):
     assert "a test machine" in text and "abc1234" in text
     assert "--report-only --out" in text  # the command that rebuilds it
     assert "| ZENITH W60 | 60 | 6/6 |" in text
-    for name in ("map_vs_time.png", "weight_decay_loss.png", "eta0_lr.png", "start_grad_norm.png"):
+    for name in ("ap.png", "weight_decay_loss.png", "eta0_lr.png", "start_grad_norm.png"):
         assert (tmp_path / "docs" / "figures" / name).stat().st_size > 5000, name
         assert f"](figures/{name})" in text
+
+
+def test_the_band_is_the_means_95_t_interval_over_the_seeds_at_each_iteration():
+    from zenith_det.race.band_figures import mean_band
+
+    seeds = [([10, 20], [1.0, 4.0]), ([10, 20], [3.0, 6.0]), ([10], [2.0])]
+    xs, mean, low, high = mean_band(seeds)
+    assert xs == [10, 20] and mean == pytest.approx([2.0, 5.0])
+    # iteration 10: values 1, 3, 2 -> sd 1, n 3; iteration 20: values 4, 6 -> sd sqrt(2), n 2
+    half = [stats.t975(2) * 1.0 / 3 ** 0.5, stats.t975(1) * 2 ** 0.5 / 2 ** 0.5]
+    assert low == pytest.approx([m - h for m, h in zip(mean, half)])
+    assert high == pytest.approx([m + h for m, h in zip(mean, half)])
+    assert mean_band([([5], [7.0])]) == ([5], [7.0], [7.0], [7.0])  # one seed: no band

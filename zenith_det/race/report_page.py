@@ -222,7 +222,8 @@ def _rel(path: str) -> str:
 
 
 def figure_lines(res: RaceResults, report_dir: str, fig_dir: str) -> List[str]:
-    from ..plots.figures import plot_runs
+    """Each group's figures: every arm's mean over its finished seeds, with the 95% band."""
+    from .band_figures import plot_seed_bands
 
     lines = []
     for group, title in GROUP_TITLES.items():
@@ -232,17 +233,17 @@ def figure_lines(res: RaceResults, report_dir: str, fig_dir: str) -> List[str]:
         if group != "main":
             members = list(OrderedDict.fromkeys(([res.reference] if group in ("automatic", "start", "eta0", "W") else [])
                                                 + [res.main_partner(a) or a for a in members] + members))
-        seed = next((s for s in res.suite.seeds if all(res.status(a, s) == "ok" for a in members)), None)
-        if seed is None:
-            seed = res.suite.seeds[0]
-        curves = OrderedDict((res.labels[a], run_summary.records_of(res.summary(a, seed))) for a in members
-                             if res.status(a, seed) == "ok")
-        curves = OrderedDict((k, v) for k, v in curves.items() if v)
-        if len(curves) < 2:
+        arms = OrderedDict()
+        for a in members:
+            runs = [run_summary.records_of(summary) for summary in res.ok_summaries(a)]
+            runs = [r for r in runs if r]
+            if runs:
+                arms[res.labels[a]] = runs
+        if len(arms) < 2:
             continue
         prefix = "" if group == "main" else group.replace(" ", "_").lower() + "_"
-        paths = plot_runs(curves, fig_dir, title=f"{title} (seed {seed})", prefix=prefix)
-        lines += ["", f"### Curves: {title} (seed {seed})", ""]
+        paths = plot_seed_bands(arms, fig_dir, title=title, prefix=prefix)
+        lines += ["", f"### Curves: {title} (mean over seeds, 95% band)", ""]
         lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, report_dir)})" for p in paths]
     return lines
 
