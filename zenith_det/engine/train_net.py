@@ -65,7 +65,13 @@ def eval_only(cfg, resume: bool) -> int:
 
 def print_summary(cfg, results, trainer) -> None:
     out = cfg.OUTPUT_DIR
-    lines = ["", "Evaluation (COCO AP, %):", format_results_table(results) if results else "  (no evaluation: DATASETS.TEST is empty)"]
+    if results:
+        table = format_results_table(results)
+    elif not cfg.DATASETS.TEST:
+        table = "  (no evaluation: DATASETS.TEST is empty)"
+    else:  # stopped during (or before) the final evaluation: --resume runs it
+        table = "  (no evaluation: the run stopped before its final evaluation finished; --resume evaluates)"
+    lines = ["", "Evaluation (COCO AP, %):", table]
     if trainer is not None:
         lines.append(
             f"Stopped after {trainer.iter} iterations ({trainer.stop_reason or 'SOLVER.MAX_ITER reached'}), "
@@ -73,7 +79,9 @@ def print_summary(cfg, results, trainer) -> None:
         )
         lines.append(f"  checkpoint:  {trainer.last_good_checkpoint}")
     for name in cfg.DATASETS.TEST:
-        lines.append(f"  results:     {os.path.join(inference_dir(cfg, name), RESULTS_FILE)}")
+        written = os.path.join(inference_dir(cfg, name), RESULTS_FILE)
+        if results and os.path.exists(written):  # only what this run's evaluation wrote
+            lines.append(f"  results:     {written}")
     lines.append(f"  metrics:     {os.path.join(out, 'metrics.json')} (TensorBoard: tensorboard --logdir {out})")
     lines.append(f"  config:      {os.path.join(out, 'config.yaml')}")
     print("\n".join(lines), flush=True)
