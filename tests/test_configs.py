@@ -152,3 +152,14 @@ def test_values_a_run_cannot_use_are_one_line_naming_the_key(key, value, words):
     with pytest.raises(UserError) as e:
         load_config(os.path.join(CONFIGS, "synthetic", "mask_rcnn_zenith.yaml"), [key, value])
     assert key in str(e.value) and words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_config_too_large_to_be_settings_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    import zenith_det.config as config_module
+
+    big = tmp_path / "big.yaml"
+    big.write_text("SOLVER:\n  STEPS: [" + ", ".join(["1"] * 400_000) + "]\n")  # about 1.2 MB
+    monkeypatch.setattr(config_module.yaml, "safe_load", lambda *a, **k: pytest.fail("parsed"))
+    with pytest.raises(UserError, match=r"big.yaml: 1\.1 MiB is too large for a config") as e:
+        load_config(str(big))
+    assert "\n" not in str(e.value)
