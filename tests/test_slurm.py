@@ -475,3 +475,22 @@ def test_a_failure_is_requeued_a_bounded_number_of_times_with_its_cause(outcome,
         assert "SIGTERM" in status["message"]
     if outcome == "sigusr2":
         assert "Requeued job" in log and "timed-out too many times" in status["message"]
+
+
+def test_a_master_port_in_use_is_one_line(monkeypatch):
+    """Rank 0 serves the rendezvous on MASTER_PORT; another process holding it was a traceback."""
+    import socket
+
+    from zenith_det.engine.launch import _init_from_env
+    from zenith_det.errors import UserError
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for name, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                                LOCAL_RANK="0").items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(UserError, match=rf"MASTER_PORT {port} on 127.0.0.1 is in use") as e:
+            _init_from_env(False, 1)
+    assert "\n" not in str(e.value)

@@ -120,7 +120,14 @@ def _init_from_env(use_cuda: bool, timeout_minutes: int) -> None:
         local_rank, visible = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
         # A scheduler that binds one GPU to each task (srun --gpus-per-task 1) shows each process its own only.
         torch.cuda.set_device(0 if visible == 1 else local_rank)
-    dist.init_process_group(_backend(use_cuda), timeout=timedelta(minutes=timeout_minutes))
+    try:
+        dist.init_process_group(_backend(use_cuda), timeout=timedelta(minutes=timeout_minutes))
+    except dist.DistNetworkError as e:
+        if "EADDRINUSE" not in str(e) and "address already in use" not in str(e).lower():
+            raise
+        raise UserError(f"MASTER_PORT {os.environ.get('MASTER_PORT')} on {os.environ.get('MASTER_ADDR')} is in use by "
+                        "another process, so rank 0 cannot serve the rendezvous there; set MASTER_PORT to a free port "
+                        "(or unset it under srun: the job id chooses one)") from None
 
 
 def _worker(local_rank, main_func, world_size, use_cuda, args, timeout_minutes):
