@@ -1,6 +1,7 @@
 """The report rebuilt from the summaries alone (race/report_page.py, race/report_tables.py)."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -66,3 +67,41 @@ def test_the_band_is_the_means_95_t_interval_over_the_seeds_at_each_iteration():
     assert low == pytest.approx([m - h for m, h in zip(mean, half)])
     assert high == pytest.approx([m + h for m, h in zip(mean, half)])
     assert mean_band([([5], [7.0])]) == ([5], [7.0], [7.0], [7.0])  # one seed: no band
+
+
+@pytest.mark.parametrize("tamper, says", [
+    ("copy_to_another_seed", "says run 'zenith/seed0' but its place is run 'zenith/seed1'"),
+    ("into_another_arm", "says run 'sgd/seed0' but its place is run 'zenith/seed0'"),
+    ("claims_another_seed", "says seed 5 but its place is seed 0"),
+    ("absurd_ap", "final bbox/AP is 1000000.0"),
+    ("not_utf8", "cannot be read as JSON (UnicodeDecodeError)"),
+    ("a_list", "holds a JSON list, not an object"),
+    ("another_config", "is not the suite's"),
+])
+def test_a_summary_out_of_its_place_or_its_ranges_is_named_in_one_line(tmp_path, capsys, tamper, says):
+    suite = _load(tmp_path)
+    _fake_race(suite, suite.summaries, zenith_gain=3.0)
+    folder = os.path.join(suite.summaries, "zenith")
+    seed0, seed1 = os.path.join(folder, "seed0.json"), os.path.join(folder, "seed1.json")
+    summary = json.load(open(seed0))
+    if tamper == "copy_to_another_seed":
+        shutil.copyfile(seed0, seed1)
+    elif tamper == "into_another_arm":
+        shutil.copyfile(os.path.join(suite.summaries, "sgd", "seed0.json"), seed0)
+    elif tamper in ("claims_another_seed", "absurd_ap", "another_config", "a_list"):
+        if tamper == "claims_another_seed":
+            summary["seed"] = 5
+        elif tamper == "absurd_ap":
+            summary["final"]["bbox/AP"] = 1e6
+        elif tamper == "another_config":
+            summary["config"] = "configs/compare/sgd_multistep.yaml"
+        else:
+            summary = [summary]
+        json.dump(summary, open(seed0, "w"))
+    else:
+        open(seed0, "wb").write(b"\xff\xfe not utf-8")
+    code = load_tool("compare").main(["--suite", suite.path, "--report", str(tmp_path / "R.md"), "--report-only",
+                                      "--out", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "R.md").exists()

@@ -19,6 +19,7 @@ import os
 import platform
 from typing import Dict, List, Optional
 
+from ..errors import UserError
 from ..utils.fileio import atomic_write_json
 from ..plots.metrics_json import load_metrics, series
 from .suite_format import METRICS, Run, Suite
@@ -171,16 +172,62 @@ def write_summary(summaries: str, run: Run, summary: dict) -> str:
     return path
 
 
-def read_summary(summaries: str, run: Run) -> Optional[dict]:
-    return _load_json(summary_path(summaries, run))
+def read_summary(summaries: str, run: Run, suite: Optional[Suite] = None) -> Optional[dict]:
+    """The summary of `run`, checked against its place, or None where it has none yet.
+
+    A file that is not a JSON object of this format, that names another run, arm, seed or
+    stage than its path, another config than the suite's arm, or holds a metric outside its
+    range, is a UserError naming it: a summary copied or edited by hand would change the report."""
+    path = summary_path(summaries, run)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad(path, f"it cannot be read as JSON ({type(e).__name__})") from None
+    check_summary(summary, run, path, suite)
+    return summary
+
+
+def _bad(path: str, why: str) -> UserError:
+    return UserError(f"race summary {path}: {why}; restore it from git, or delete it to train that run again")
+
+
+def check_summary(summary, run: Run, path: str, suite: Optional[Suite] = None) -> None:
+    if not isinstance(summary, dict):
+        raise _bad(path, f"it holds a JSON {type(summary).__name__}, not an object")
+    if summary.get("format") != FORMAT:
+        raise _bad(path, f"format is {summary.get('format')!r}, not {FORMAT}")
+    expected = {"run": run.key, "arm": run.arm, "seed": run.seed, "stage": run.stage}
+    for key, value in expected.items():
+        if summary.get(key) != value:
+            raise _bad(path, f"it says {key} {summary.get(key)!r} but its place is {key} {value!r}")
+    if summary.get("status") not in ("ok", "diverged", "failed"):
+        raise _bad(path, f"status {summary.get('status')!r} is not ok, diverged or failed")
+    if suite is not None:
+        arm = suite.arm(run.arm)
+        config = os.path.relpath(arm.config, REPO) if arm.config.startswith(REPO + os.sep) else arm.config
+        if summary.get("config") != config:
+            raise _bad(path, f"its config {summary.get('config')!r} is not the suite's {config!r} for arm {run.arm}")
+    final = summary.get("final")
+    if not isinstance(final, dict):
+        raise _bad(path, "final is not an object of metrics")
+    for key, value in final.items():
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (value != value or 0 <= value <= 100)):
+            raise _bad(path, f"final {key} is {value!r}; an AP is a number in [0, 100]")
+    lr = summary.get("lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise _bad(path, f"lr is {lr!r}, not a positive number")
 
 
 def read_all(suite: Suite, summaries: str) -> Dict[Run, dict]:
     """{run: summary} of every run the suite declares, or its edge rule could add, whose
-    summary exists."""
+    summary exists, each checked against its place (read_summary)."""
     out = {}
     for run in suite.all_runs() + suite.edge_runs():
-        s = read_summary(summaries, run)
+        s = read_summary(summaries, run, suite)
         if s is not None:
             out[run] = s
     return out
