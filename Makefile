@@ -5,7 +5,7 @@ install:
 	python -m pip install -e ".[test]"
 
 demo: install
-	python tools/train_net.py --config configs/synthetic/mask_rcnn_zenith.yaml
+	python tools/train_net.py --config configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml
 
 test:
 	python -m pytest -q

@@ -78,7 +78,7 @@ class TrainerBlocks:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/synthetic/mask_rcnn_zenith.yaml")
+    parser.add_argument("--config", default="configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml")
     parser.add_argument("--optimizers", nargs="+", default=["ZENITH"], help="SOLVER.OPTIMIZER values to race")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare torchvision-style loop")
     parser.add_argument("--iters", type=int, default=20, help="iterations per block")

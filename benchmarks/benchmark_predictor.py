@@ -37,7 +37,7 @@ def untrained_checkpoint(folder: str) -> str:
     from zenith_det.modeling import build_model
     from zenith_det.modeling.meta import model_meta
 
-    cfg = load_config(os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml"), ["MODEL.DEVICE", "cpu"])
+    cfg = load_config(os.path.join(REPO, "configs", "synthetic", "mask_rcnn_tiny_FPN_zenith_9min.yaml"), ["MODEL.DEVICE", "cpu"])
     metadata = metadata_from_cfg(cfg)
     torch.manual_seed(0)
     path = os.path.join(folder, "untrained.pth")
@@ -56,7 +56,7 @@ def synthetic_val_images(count: int):
     from zenith_det.config import load_config
     from zenith_det.data import get_detection_dataset
 
-    cfg = load_config(os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml"), ["MODEL.DEVICE", "cpu"])
+    cfg = load_config(os.path.join(REPO, "configs", "synthetic", "mask_rcnn_tiny_FPN_zenith_9min.yaml"), ["MODEL.DEVICE", "cpu"])
     dataset = get_detection_dataset("synthetic_shapes_val", cfg, is_train=False)
     return [os.path.join(dataset.metadata.image_root, dataset.table.file_name(i)) for i in range(count)]
 

@@ -11,7 +11,7 @@ import torch
 from zenith_det.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTHETIC_CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml")
+SYNTHETIC_CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_tiny_FPN_zenith_9min.yaml")
 # Overrides that make tools/train_net.py on SYNTHETIC_CONFIG train at test speed on the CPU.
 FAST_CLI = [
     "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
@@ -186,7 +186,7 @@ def datasets_root(tmp_path_factory):
 def tiny_cfg(datasets_root, tmp_path):
     """The synthetic Mask R-CNN config cut down to test speed (CPU, deterministic)."""
     return load_config(
-        os.path.join(REPO, "configs/synthetic/mask_rcnn_zenith.yaml"),
+        os.path.join(REPO, "configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml"),
         [
             "MODEL.DEVICE", "cpu",
             "INPUT.MIN_SIZE_TRAIN", "(96,)",

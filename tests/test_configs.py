@@ -10,6 +10,7 @@ configs/compare/suites/ holds suite files (lists of arms), not configs. A symlin
 (configs/mask_rcnn_zenith.yaml, the documented entry point), not a config of its own.
 """
 import os
+import re
 
 import pytest
 import yaml
@@ -150,7 +151,7 @@ def test_a_symlinked_config_finds_its_base_beside_the_real_file(tmp_path):
 ])
 def test_values_a_run_cannot_use_are_one_line_naming_the_key(key, value, words):
     with pytest.raises(UserError) as e:
-        load_config(os.path.join(CONFIGS, "synthetic", "mask_rcnn_zenith.yaml"), [key, value])
+        load_config(os.path.join(CONFIGS, "synthetic", "mask_rcnn_tiny_FPN_zenith_9min.yaml"), [key, value])
     assert key in str(e.value) and words in str(e.value) and "\n" not in str(e.value)
 
 
@@ -163,3 +164,11 @@ def test_a_config_too_large_to_be_settings_is_refused_before_it_is_parsed(tmp_pa
     with pytest.raises(UserError, match=r"big.yaml: 1\.1 MiB is too large for a config") as e:
         load_config(str(big))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("path", [p for p in LEAVES if os.path.basename(os.path.dirname(p)) in
+                                  ("COCO-InstanceSegmentation", "COCO-Keypoints", "synthetic")], ids=_rel)
+def test_a_leaf_is_named_for_its_model_backbone_optimizer_and_schedule(path):
+    name = os.path.basename(path)
+    assert re.fullmatch(r"(mask|keypoint)_rcnn_(R_\d+|tiny)_FPN_(zenith|sgd_multistep|sgd_cosine)_\w+\.yaml", name), \
+        f"{_rel(path)}: name a leaf <model>_<backbone>_FPN_<optimizer>_<schedule>.yaml, as detectron2 does"

@@ -165,7 +165,7 @@ def test_sigterm_to_the_launcher_stops_both_ranks_with_75_then_resume_finishes(d
     out = str(tmp_path / "run")
     args = [
         sys.executable, os.path.join(repo, "tools", "train_net.py"),
-        "--config", os.path.join(repo, "configs", "synthetic", "mask_rcnn_zenith.yaml"), "--num-gpus", "2",
+        "--config", os.path.join(repo, "configs", "synthetic", "mask_rcnn_tiny_FPN_zenith_9min.yaml"), "--num-gpus", "2",
         "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.ZENITH.WINDOW", "5", "DATALOADER.NUM_WORKERS", "0",
         "DATASETS.TEST", "()", "LOG_PERIOD", "1", "SOLVER.MAX_ITER", "200", "SOLVER.CHECKPOINT_PERIOD", "1000",

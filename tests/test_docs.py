@@ -219,7 +219,7 @@ def test_readme_is_a_short_path_with_the_coco_command_on_its_first_screen():
     assert len(lines) <= 200
     assert any("tools/train_net.py --config configs/mask_rcnn_zenith.yaml --num-gpus 8" in line for line in lines[:60])
     text = "\n".join(lines)
-    for command in ('pip install -e ".[test]" && python tools/train_net.py --config configs/synthetic/mask_rcnn_zenith.yaml',
+    for command in ('pip install -e ".[test]" && python tools/train_net.py --config configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml',
                     "python -m pytest -q"):
         assert command in text
     # The .ci/run contract: it runs exactly the README's test command.

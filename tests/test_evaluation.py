@@ -586,7 +586,7 @@ def test_eval_coco_tool_mode_b_runs_the_model(datasets_root, tmp_path, capsys):
     from zenith_det.config import load_config
     from zenith_det.modeling import build_model
 
-    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/synthetic/mask_rcnn_zenith.yaml")
+    from conftest import SYNTHETIC_CONFIG as config
     overrides = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
                  "DATALOADER.NUM_WORKERS", "0", "TEST.DETECTIONS_PER_IMAGE", "20", "OUTPUT_DIR", str(tmp_path / "run")]
     cfg = load_config(config, overrides)

@@ -20,8 +20,8 @@ from zenith_det.inference.export import export_model, meta_path, onnx_detections
 pytestmark = pytest.mark.slow
 
 ITERS = 20  # enough for masks and keypoints that are not a coin toss at their thresholds
-CONFIGS = {"MaskRCNN": ("mask_rcnn_zenith.yaml", "synthetic_shapes_val"),
-           "KeypointRCNN": ("keypoint_rcnn_zenith.yaml", "synthetic_keypoints_val")}
+CONFIGS = {"MaskRCNN": ("mask_rcnn_tiny_FPN_zenith_9min.yaml", "synthetic_shapes_val"),
+           "KeypointRCNN": ("keypoint_rcnn_tiny_FPN_zenith_9min.yaml", "synthetic_keypoints_val")}
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))

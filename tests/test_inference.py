@@ -47,12 +47,12 @@ def _save_checkpoint(cfg, path, with_meta=True):
 
 @pytest.fixture(scope="module")
 def mask_checkpoint(datasets_root, tmp_path_factory):
-    return _save_checkpoint(_config("mask_rcnn_zenith.yaml"), str(tmp_path_factory.mktemp("ckpt") / "mask.pth"))
+    return _save_checkpoint(_config("mask_rcnn_tiny_FPN_zenith_9min.yaml"), str(tmp_path_factory.mktemp("ckpt") / "mask.pth"))
 
 
 @pytest.fixture(scope="module")
 def val_images(datasets_root):
-    dataset = get_detection_dataset("synthetic_shapes_val", _config("mask_rcnn_zenith.yaml"), is_train=False)
+    dataset = get_detection_dataset("synthetic_shapes_val", _config("mask_rcnn_tiny_FPN_zenith_9min.yaml"), is_train=False)
     table = dataset.table
     return [os.path.join(dataset.metadata.image_root, table.file_name(i)) for i in range(4)]
 
@@ -64,7 +64,7 @@ def _same(a, b):
 
 
 def test_the_meta_describes_categories_and_keypoints_as_the_json_does(datasets_root):
-    cfg = _config("keypoint_rcnn_zenith.yaml")
+    cfg = _config("keypoint_rcnn_tiny_FPN_zenith_9min.yaml")
     metadata = metadata_from_cfg(cfg)
     meta = model_meta(cfg, metadata)
     assert [c["name"] for c in meta["categories"]] == metadata.thing_classes
@@ -124,7 +124,7 @@ def test_images_are_turned_upright_and_converted_not_refused(tmp_path):
 
 
 def test_a_checkpoint_without_meta_reads_the_training_json_or_says_what_is_missing(datasets_root, tmp_path):
-    cfg = _config("mask_rcnn_zenith.yaml")
+    cfg = _config("mask_rcnn_tiny_FPN_zenith_9min.yaml")
     old = _save_checkpoint(cfg, str(tmp_path / "old.pth"), with_meta=False)
     loaded = load_for_inference(old, device="cpu")  # the config names the training json, which is here
     assert loaded.metadata.thing_classes == metadata_from_cfg(cfg).thing_classes
@@ -151,7 +151,7 @@ def _crafted_pickle(path):
 def test_missing_crafted_and_foreign_weights_are_one_line_and_exit_2(datasets_root, mask_checkpoint, tmp_path,
                                                                        val_images, capsys):
     predict = load_tool("predict")
-    keypoint = _save_checkpoint(_config("keypoint_rcnn_zenith.yaml"), str(tmp_path / "kp.pth"))
+    keypoint = _save_checkpoint(_config("keypoint_rcnn_tiny_FPN_zenith_9min.yaml"), str(tmp_path / "kp.pth"))
     foreign = torch.load(keypoint, weights_only=True)
     mask_state = torch.load(mask_checkpoint, weights_only=True)
     foreign["config"], foreign["meta"] = mask_state["config"], mask_state["meta"]  # another model's weights
@@ -217,7 +217,7 @@ def test_predict_draws_each_image_skips_what_it_cannot_read_and_writes_a_coco_js
 def test_eval_coco_scores_predict_json_against_the_ground_truth_by_file_name(
         datasets_root, mask_checkpoint, val_images, tmp_path, capsys):
     predict, eval_coco = load_tool("predict"), load_tool("eval_coco")
-    gt = get_detection_dataset("synthetic_shapes_val", _config("mask_rcnn_zenith.yaml"), is_train=False).metadata.json_file
+    gt = get_detection_dataset("synthetic_shapes_val", _config("mask_rcnn_tiny_FPN_zenith_9min.yaml"), is_train=False).metadata.json_file
     out = tmp_path / "out"
     assert predict.main(["--weights", mask_checkpoint, "--input", *val_images, "--output", str(out),
                          "--score-threshold", "0.05"]) == 0
@@ -265,7 +265,7 @@ def test_a_trained_checkpoint_copied_alone_predicts_and_evaluates_as_the_trainer
                                      f"['val', '{val.json_file}', '{val.image_root}']]",
                 "DATASETS.TEST", "('val',)", "MODEL.WEIGHTS", "model_final.pth", "OUTPUT_DIR", "eval"]
     run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config",
-                          os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml"), "--eval-only", *eval_cfg],
+                          os.path.join(REPO, "configs", "synthetic", "mask_rcnn_tiny_FPN_zenith_9min.yaml"), "--eval-only", *eval_cfg],
                          cwd=alone, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     run_ap = subprocess.run([sys.executable, os.path.join(REPO, "tools", "eval_coco.py"), "--gt", val.json_file,

@@ -27,8 +27,8 @@ from zenith_det.visualization import (
     results_to_instances,
 )
 
-MASK_CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_zenith.yaml")
-KEYPOINT_CONFIG = os.path.join(REPO, "configs", "synthetic", "keypoint_rcnn_zenith.yaml")
+MASK_CONFIG = os.path.join(REPO, "configs", "synthetic", "mask_rcnn_tiny_FPN_zenith_9min.yaml")
+KEYPOINT_CONFIG = os.path.join(REPO, "configs", "synthetic", "keypoint_rcnn_tiny_FPN_zenith_9min.yaml")
 GREY = (90, 100, 110)
 META = DatasetMetadata(json_file="x.json", image_root="x", thing_classes=["cat", "dog"],
                        contiguous_id_to_category_id={1: 7, 2: 9}, category_id_to_contiguous_id={7: 1, 9: 2},

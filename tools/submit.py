@@ -5,7 +5,7 @@ checkpoint, is requeued and resumes by itself (docs/cluster.md).
 
     python tools/submit.py --config configs/mask_rcnn_zenith.yaml --nodes 2 --gpus-per-node 8 \\
         --partition gpu --timeout-min 240
-    python tools/submit.py --config configs/synthetic/mask_rcnn_zenith.yaml --cluster local \\
+    python tools/submit.py --config configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml --cluster local \\
         --gpus-per-node 2 --wait MODEL.DEVICE cpu          # here: 2 processes, gloo
 
 It prints the job id, OUTPUT_DIR and where each rank's log is (OUTPUT_DIR/submitit/JOB_ID/).

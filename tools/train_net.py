@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train (or evaluate) a torchvision Mask / Keypoint R-CNN from a YAML config.
 
-    python tools/train_net.py --config configs/synthetic/mask_rcnn_zenith.yaml
+    python tools/train_net.py --config configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml
     python tools/train_net.py --config configs/mask_rcnn_zenith.yaml --num-gpus 8
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
         tools/train_net.py --config configs/mask_rcnn_zenith.yaml

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """PNGs of a registered dataset's ground truth, as the data layer reads it.
 
-    python tools/visualize_data.py --config configs/synthetic/keypoint_rcnn_zenith.yaml --output vis/ --num 8
+    python tools/visualize_data.py --config configs/synthetic/keypoint_rcnn_tiny_FPN_zenith_9min.yaml --output vis/ --num 8
 
 Draws the first --num images of --dataset (default: the first of DATASETS.TRAIN, else
 of DATASETS.TEST): boxes with category names, masks tinted, keypoints joined by the

@@ -3,12 +3,12 @@
 
 From a checkpoint (the model is built from the config and run on the images):
 
-    python tools/visualize_predictions.py --config configs/synthetic/mask_rcnn_zenith.yaml --output vis/ \\
+    python tools/visualize_predictions.py --config configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml --output vis/ \\
         MODEL.WEIGHTS output/synthetic_mask_rcnn_zenith/model_final.pth
 
 From a COCO results json (category ids are those of the test json, as the evaluator writes them):
 
-    python tools/visualize_predictions.py --config configs/synthetic/mask_rcnn_zenith.yaml --output vis/ \\
+    python tools/visualize_predictions.py --config configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml --output vis/ \\
         --results output/synthetic_mask_rcnn_zenith/inference/coco_instances_results.json
 
 Draws the first --num images: predictions scoring at least --score-threshold (boxes with

@@ -1,6 +1,6 @@
 """The standard training job: everything built from one config.
 
-    cfg = load_config("configs/synthetic/mask_rcnn_zenith.yaml")
+    cfg = load_config("configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml")
     default_setup(cfg, resume=False)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)

@@ -1,7 +1,7 @@
 """The training job from the command line: what tools/train_net.py runs, and each task of
 tools/submit.py's jobs (zenith_det/cluster.py).
 
-    cli(["--config", "configs/synthetic/mask_rcnn_zenith.yaml", "SOLVER.MAX_ITER", "10"])
+    cli(["--config", "configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml", "SOLVER.MAX_ITER", "10"])
 
 Exit codes: 0 done, 2 bad input (one line says what to fix), 3 diverged, 75 preempted
 (SIGTERM, SIGINT or SIGUSR2: a checkpoint was written, continue with --resume).
