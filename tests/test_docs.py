@@ -6,7 +6,9 @@
 - every config key named (`SOLVER.BASE_LR`, ...) exists in the defaults; docs/detectron2.md
   is left out of this one, since it names detectron2's own keys;
 - the race's generated tables (docs/RESULTS.md) are linked, never copied;
-- the README stays a newcomer's page: at most 200 lines, the COCO command on its first screen.
+- the README stays a newcomer's page: at most 200 lines, the COCO command on its first screen;
+- every Python block of the pages runs, against a tiny model and files made for it (detectron2.md's aside);
+- code, configs and pytest.ini point to sections that exist, and docs/layout.md draws the real import graph.
 """
 import argparse
 import fnmatch
@@ -271,3 +273,68 @@ def test_the_layout_page_draws_the_real_import_graph():
         deps = deps.strip()
         drawn[part.strip()] = set() if deps == "(nothing)" else {d.strip() for d in deps.split(",")}
     assert drawn == _imports_of_parts()
+
+
+# ----------------------------------------------------------------------------- the pages' Python
+
+# docs/detectron2.md's snippets use detectron2's own trainer classes (tests/test_detectron2.py runs them).
+SNIPPETS = [(page, i, code) for page in WRITTEN if page != "docs/detectron2.md"
+            for i, code in enumerate(re.findall(r"^```python\n(.*?)^```", _text(page), flags=re.M | re.S))]
+
+
+def test_the_pages_have_python_to_run():
+    assert {page for page, _, _ in SNIPPETS} >= {"README.md", "docs/inference.md", "docs/training.md",
+                                                 "docs/zenith.md", "docs/optimizers.md"}
+
+
+def _snippet_world(tmp_path, monkeypatch):
+    """A folder holding what the snippets name (photos, a checkpoint, an export) and the names they
+    take as given (`model`, `loss`, `pil_image`); configs load at test size and train 2 iterations."""
+    import torch
+    from PIL import Image
+
+    import zenith_det.config as config_module
+    from conftest import FAST_CLI
+    from zenith_det.data import metadata_from_cfg
+    from zenith_det.modeling import build_model
+    from zenith_det.modeling.meta import model_meta
+
+    monkeypatch.chdir(tmp_path)
+    real_load = config_module.load_config
+
+    def tiny_load(config_file="", opts=()):
+        return real_load(os.path.join(REPO, config_file) if config_file and not os.path.isabs(config_file)
+                         else config_file, [*FAST_CLI, "SOLVER.MAX_ITER", "2", *opts])
+
+    monkeypatch.setattr(config_module, "load_config", tiny_load)
+    for name in ("photo.jpg", "a.jpg", "b.png"):
+        Image.new("RGB", (120, 90), (90, 140, 200)).save(name)
+    cfg = tiny_load(os.path.join(REPO, "configs/synthetic/mask_rcnn_tiny_FPN_zenith_9min.yaml"))
+    metadata = metadata_from_cfg(cfg)
+    weights = os.path.join("output", "synthetic_mask_rcnn_zenith", "model_final.pth")
+    os.makedirs(os.path.dirname(weights))
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg, metadata).state_dict(), "config": cfg.dump(), "iteration": 0,
+                "meta": model_meta(cfg, metadata)}, weights)
+    model = torch.nn.Linear(4, 2)
+    return {"torch": torch, "model": model, "loss": model(torch.randn(3, 4)).square().sum(),
+            "pil_image": Image.new("RGB", (64, 48)), "weights": weights}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page, index, code", SNIPPETS, ids=[f"{p}:{i}" for p, i, _ in SNIPPETS])
+def test_python_snippets_run_against_a_tiny_model(page, index, code, tmp_path, monkeypatch, datasets_root):
+    from zenith_det.solver.spec import OPTIMIZER_REGISTRY
+
+    world = _snippet_world(tmp_path, monkeypatch)
+    if "exported/model.onnx" in code:
+        from zenith_det.inference.export import export_model
+
+        export_model(world["weights"], "onnx", "exported")
+    registered = set(OPTIMIZER_REGISTRY._obj_map)
+    namespace = {k: v for k, v in world.items() if k != "weights"}
+    try:
+        exec(compile(code, f"{page} (python block {index})", "exec"), namespace)
+    finally:
+        for name in set(OPTIMIZER_REGISTRY._obj_map) - registered:  # what a snippet registered goes again
+            del OPTIMIZER_REGISTRY._obj_map[name]
