@@ -425,6 +425,15 @@ def cli(argv):
     with open(os.environ["STARTS_FILE"], "a") as f:
         f.write("start\\n")
     outcome = os.environ["OUTCOME"]
+    if "OUTPUT_DIR" in argv and outcome == "sigusr2":  # a segment that trains: its checkpoint moves on
+        out = argv[argv.index("OUTPUT_DIR") + 1]
+        os.makedirs(out, exist_ok=True)
+        with open(os.environ["STARTS_FILE"]) as f:
+            done = f.read().count("start") * 10
+        with open(os.path.join(out, "last_checkpoint"), "w") as f:
+            f.write(f"model_{done:07d}.pth")
+    if outcome == "stalled":  # stopped by SIGUSR2 before a step: the checkpoint stays where it was
+        outcome = "sigusr2"
     if outcome == "crash":
         raise RuntimeError("simulated NCCL watchdog timeout")
     if outcome in ("sigterm", "sigusr2"):  # the trainer's handler records the signal, as during training
@@ -438,13 +447,13 @@ def cli(argv):
 
 
 @pytest.mark.parametrize("outcome, starts, exit_code", [("crash", 3, 1), ("2", 1, 2), ("3", 1, 3), ("sigterm", 1, 75),
-                                                       ("sigusr2", 2, 75)])
+                                                       ("sigusr2", 2, 75), ("stalled", 1, 2)])
 @pytest.mark.slow
 def test_a_failure_is_requeued_a_bounded_number_of_times_with_its_cause(outcome, starts, exit_code, tmp_path,
                                                                         monkeypatch):
     """Failures are retried twice; bad input and divergence never; a SIGTERM is not requeued by the
     job; a SIGUSR2 is, until submitit's count of timeouts is spent (here 1: with a 1-minute limit,
-    submitit takes every SIGUSR2 for the time limit)."""
+    submitit takes every SIGUSR2 for the time limit), unless the segment made no progress."""
     from zenith_det.cluster import FAILURES_FILE, TrainingJob, read_status
 
     (tmp_path / "fake_train_net.py").write_text(FAKE_TRAIN_NET)
@@ -454,9 +463,11 @@ def test_a_failure_is_requeued_a_bounded_number_of_times_with_its_cause(outcome,
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([REPO, str(tmp_path)]))  # the stand-in is importable
     monkeypatch.setenv("STARTS_FILE", str(tmp_path / "starts"))
     monkeypatch.setenv("OUTCOME", outcome)
-    executor = submitit.LocalExecutor(tmp_path / "submitit" / "%j", max_num_timeout=1 if outcome == "sigusr2" else 20)
-    executor.update_parameters(timeout_min=1 if outcome == "sigusr2" else 10, tasks_per_node=1)
-    job = executor.submit(TrainingJob(["--config", "x.yaml"], max_retries=2, entry="fake_train_net:cli"))
+    usr2 = outcome in ("sigusr2", "stalled")
+    executor = submitit.LocalExecutor(tmp_path / "submitit" / "%j", max_num_timeout=1 if usr2 else 20)
+    executor.update_parameters(timeout_min=1 if usr2 else 10, tasks_per_node=1)
+    argv = ["--config", "x.yaml", "OUTPUT_DIR", str(tmp_path / "run")]
+    job = executor.submit(TrainingJob(argv, max_retries=2, entry="fake_train_net:cli"))
     job.wait()
     job_dir = str(job.paths.folder)
     assert (tmp_path / "starts").read_text().count("start") == starts
@@ -475,6 +486,9 @@ def test_a_failure_is_requeued_a_bounded_number_of_times_with_its_cause(outcome,
         assert "SIGTERM" in status["message"]
     if outcome == "sigusr2":
         assert "Requeued job" in log and "timed-out too many times" in status["message"]
+    if outcome == "stalled":  # requeued, it would stop at the same iteration until the timeouts ran out
+        assert "Requeued job" not in log
+        assert "made no progress: it resumed at iteration 0" in status["message"] and "--timeout-min" in status["message"]
 
 
 def test_a_master_port_in_use_is_one_line(monkeypatch):

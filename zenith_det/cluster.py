@@ -19,6 +19,9 @@ The signals (docs/cluster.md):
 - SIGTERM (a preemption without `send_user_signal`, `scancel`): the trainer
   checkpoints and the tasks exit 75 without requeueing; SLURM requeues a
   preempted job itself when its PreemptMode says so, and the requeued job resumes.
+- A segment that ends where it began (resumed at iteration N, stopped at N: the time limit
+  minus the signal delay is shorter than start-up plus a step) is not requeued: it would
+  burn the queue without progress. Rank 0 says so in one line and the job ends with exit 2.
 - Any other failure (an exception) is requeued by rank 0 at most `max_retries`
   times per job, counted in the job's folder (FAILURES_FILE) with its cause. A bad
   input (exit 2) or a divergence (exit 3) would fail again: never requeued.
@@ -32,6 +35,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -90,6 +94,7 @@ class TrainingJob:
         signals = preemption_signals()
         signals.add_signal(requeue_signal)  # the trainer stops at a safe point on it, as on SIGTERM
         sys.argv = ["tools/train_net.py", *self.argv]  # what the run's log records as its command line
+        started_at = resume_point(self.argv)
         module, _, function = self.entry.partition(":")
         try:
             code = getattr(importlib.import_module(module), function)(self.argv)
@@ -104,6 +109,16 @@ class TrainingJob:
                 _say(f"rank {rank}: stopped for {requeue_signal.name} with the checkpoint written; "
                      "rank 0 requeues the job")
                 sys.exit(0)
+            ended_at = resume_point(self.argv)
+            if started_at is not None and ended_at is not None and ended_at <= started_at:
+                # Requeued, it would resume here and be stopped here again, until the timeouts are spent.
+                message = (f"the segment made no progress: it resumed at iteration {started_at} and "
+                           f"{requeue_signal.name} stopped it there; the time limit minus --signal-delay-s is "
+                           "shorter than start-up plus one iteration: raise --timeout-min or lower "
+                           "--signal-delay-s, then resubmit with --resume")
+                _say(f"error: {message}")
+                _write_status(job_dir, USER_ERROR, message)
+                sys.exit(USER_ERROR)
             if not callable(submitit_handler):  # not started by submitit: nothing to hand the signal to
                 _write_status(job_dir, PREEMPTED, f"stopped by {requeue_signal.name}; continue with --resume")
                 sys.exit(PREEMPTED)
@@ -148,6 +163,22 @@ class TrainingJob:
              f"(causes in {path})")
         _write_status(job_dir, FAILED, f"failed {len(failures)} times, last: {cause}")
         raise error
+
+
+def resume_point(argv: Sequence[str]) -> Optional[int]:
+    """The iteration the run of `argv` would resume from: its OUTPUT_DIR's tagged checkpoint
+    (model_NNNNNNN.pth), 0 where there is none yet; None where argv names no OUTPUT_DIR or the
+    tag is another file (model_final.pth: the run is over)."""
+    values = [argv[i + 1] for i in range(len(argv) - 1) if argv[i] == "OUTPUT_DIR"]
+    if not values:
+        return None
+    try:
+        with open(os.path.join(values[-1], "last_checkpoint"), encoding="utf-8") as f:
+            name = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return 0
+    found = re.fullmatch(r"model_(\d{7})\.pth", name)
+    return int(found.group(1)) if found else None
 
 
 def _timeouts_left(env) -> int:
