@@ -293,6 +293,7 @@ def test_the_sbatch_script_asks_for_the_nodes_gpus_time_and_the_pre_timeout_sign
     assert job._timeout_countdown == 20  # --max-timeouts
     assert job.function.argv[:2] == ["--config", coco]  # absolute paths: the job may start elsewhere
     assert job.function.argv[-1] == "--resume" and job.function.argv[-3:-1] == ["OUTPUT_DIR", str(out)]
+    assert job.function.argv.count("OUTPUT_DIR") == 1  # the user's, made absolute, once
 
 
 def _stand_in_slurm(tmp_path, monkeypatch, sbatch):

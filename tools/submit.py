@@ -138,7 +138,9 @@ def _submit(args) -> int:
             signal_delay_s=args.signal_delay_s, **({"partition": args.partition} if args.partition else {}),
             **({"additional_parameters": extra} if extra else {}),
         )
-    argv = ["--config", os.path.abspath(args.config_file), *args.opts, "OUTPUT_DIR", out]
+    # The user's OUTPUT_DIR override is replaced by its absolute path, not repeated after it.
+    opts = [v for i in range(0, len(args.opts), 2) if args.opts[i] != "OUTPUT_DIR" for v in args.opts[i:i + 2]]
+    argv = ["--config", os.path.abspath(args.config_file), *opts, "OUTPUT_DIR", out]
     # submitit copies sbatch's stderr to ours: kept instead, so a refusal is one line with sbatch's reason.
     said = io.StringIO()
     try:
