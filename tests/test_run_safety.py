@@ -420,6 +420,31 @@ def test_sigterm_during_final_checkpoint_exits_75_with_the_checkpoint(datasets_r
 
 
 @pytest.mark.slow
+def test_ctrl_c_twice_during_a_checkpoint_write_completes_it_then_stops_in_one_line(datasets_root, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """The second Ctrl-C landed inside torch.save's zip writer: a RuntimeError traceback. It now
+    waits for the file and its tag, then stops at once: exit 130, one line, the checkpoint whole."""
+    out = tmp_path / "run"
+    args = ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"]
+    real_save = torch.save
+
+    def save_interrupted_twice(obj, f, *a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # "stop at the next safe point"
+        os.kill(os.getpid(), signal.SIGINT)  # "now", in the middle of the write
+        return real_save(obj, f, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", save_interrupted_twice)
+        code, err = cli(args, capsys)
+    assert code == 130 and len(err) == 1 and "second Ctrl-C" in err[0], err
+    tagged = (out / "last_checkpoint").read_text()
+    assert torch.load(out / tagged, weights_only=True)["iteration"] == 2  # the checkpoint being written, whole
+    assert not glob.glob(str(out / (fileio.TEMP_PREFIX + "*")))
+    code, err = cli(args + ["--resume"], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.slow
 def test_sigterm_before_training_starts_exits_75(datasets_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as m:

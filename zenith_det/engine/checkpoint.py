@@ -20,6 +20,7 @@ from fvcore.common.checkpoint import Checkpointer
 
 from ..errors import UserError
 from ..utils.fileio import CorruptFileError, atomic_write, atomic_write_text, load_torch_file
+from .preemption import preemption_signals
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ class AtomicCheckpointer(Checkpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         path = os.path.join(self.save_dir, f"{name}.pth")
-        atomic_write(path, lambda f: torch.save(state, f))
-        self.tag_last_checkpoint(os.path.basename(path))
+        with preemption_signals().writing():  # a second Ctrl-C waits for the file and its tag
+            atomic_write(path, lambda f: torch.save(state, f))
+            self.tag_last_checkpoint(os.path.basename(path))
         logger.info("Saved checkpoint %s", path)
 
     def save_checked(self, name: str, state: dict) -> bool:

@@ -39,6 +39,8 @@ class PreemptionSignals:
         self.seen = set()  # the names of every stop signal received since the last fresh install
         self.signals = list(self.SIGNALS)
         self._interruptible = 0
+        self._writing = 0
+        self._interrupt_after_write = False
         self._previous = {}
 
     @property
@@ -77,6 +79,10 @@ class PreemptionSignals:
 
     def _handle(self, signum, frame):
         if self.received is not None and signum == signal.SIGINT:
+            if self._writing:  # a second Ctrl-C means "now", but not in the middle of a checkpoint
+                self._interrupt_after_write = True
+                logger.warning("SIGINT again: stopping as soon as the checkpoint being written is complete")
+                return
             raise KeyboardInterrupt  # a second Ctrl-C means "now"
         self.received = signal.Signals(signum).name
         self.seen.add(self.received)
@@ -84,6 +90,19 @@ class PreemptionSignals:
             logger.warning("%s received: abandoning the evaluation in progress", self.received)
             raise Preempted(self.received)
         logger.warning("%s received: stopping at the next safe point and writing a checkpoint", self.received)
+
+    @contextmanager
+    def writing(self):
+        """A section (a checkpoint write) that a second Ctrl-C does not cut: its KeyboardInterrupt
+        is raised when the section ends, so the file is complete and the process stops at once."""
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+        if not self._writing and self._interrupt_after_write:
+            self._interrupt_after_write = False
+            raise KeyboardInterrupt
 
     @contextmanager
     def interruptible(self):

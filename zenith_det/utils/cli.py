@@ -43,6 +43,12 @@ def run_guarded(main, args) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("error: stopped at once by a second Ctrl-C; the checkpoints on disk are complete: continue with "
+              "--resume", file=sys.stderr)
+        return exit_codes.INTERRUPTED
     except FloatingPointError as e:
         if args.debug:
             raise
