@@ -1,18 +1,15 @@
 """A model ready for inference from a checkpoint: config, categories and weights, all checked."""
-import logging
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from ..config import CfgNode, config_from_yaml_text
-from ..data import DatasetMetadata, metadata_from_cfg
+from ..data import DatasetMetadata
 from ..errors import UserError
 from ..modeling import build_model
-from ..modeling.meta import check_meta, metadata_from_meta, model_meta
+from ..modeling.meta import metadata_of_checkpoint, model_meta
 from ..utils.fileio import CorruptFileError, load_torch_file
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["InferenceModel", "load_for_inference", "resolve_inference_device"]
 
@@ -48,10 +45,10 @@ def load_for_inference(path: str, cfg: Optional[CfgNode] = None, device: Optiona
                        field: str = "--weights") -> InferenceModel:
     """Build the model `path` holds and load its weights exactly.
 
-    A zenith_det checkpoint carries its config and, since checkpoints describe themselves,
-    its categories ("meta"); `cfg`, where given, replaces the stored config (Predictor(cfg)).
-    A checkpoint without a meta takes its categories from the config's DATASETS.TRAIN json,
-    as before; where neither is there, one line says what is missing. A torchvision state
+    A zenith_det checkpoint carries its config and its categories ("meta"); `cfg`, where
+    given, replaces the stored config (Predictor(cfg)). A checkpoint without a meta takes its
+    categories from the config's DATASETS.TRAIN json; where neither is there, one line says
+    what is missing (modeling/meta.py, metadata_of_checkpoint). A torchvision state
     dict needs `cfg`. Anything that is not such a file, or whose weights do not fit the
     model the config describes, is a UserError naming `field` and `path`.
     """
@@ -67,19 +64,14 @@ def load_for_inference(path: str, cfg: Optional[CfgNode] = None, device: Optiona
                         "model_final.pth (or model_NNNNNNN.pth) of a run's OUTPUT_DIR")
     if cfg is None:
         if not isinstance(state.get("config"), str):
-            raise UserError(f"{field}: {path} carries no config (a bare state dict); give the config it was "
-                            "trained with (Predictor(cfg), or --config)")
+            raise UserError(f"{field}: {path} carries no config (a bare state dict); load it from Python with "
+                            "the config it was trained with: Predictor(cfg) with cfg.MODEL.WEIGHTS set to it")
         cfg = config_from_yaml_text(state["config"], f"{field} {path}")
-    meta = state.get("meta")
-    if meta is not None:
-        meta = check_meta(meta, f"{field} {path}")
-        if meta["architecture"] != cfg.MODEL.META_ARCHITECTURE:
-            raise UserError(f"{field}: {path} holds a {meta['architecture']} but the config asks for a "
-                            f"{cfg.MODEL.META_ARCHITECTURE}; set MODEL.META_ARCHITECTURE {meta['architecture']}")
-        metadata = metadata_from_meta(meta, path)
-    else:
-        metadata = _metadata_from_training_data(cfg, path, field)
-        meta = model_meta(cfg, metadata)
+    metadata = metadata_of_checkpoint(state, cfg, path, field)
+    meta = model_meta(cfg, metadata) if state.get("meta") is None else state["meta"]
+    if meta["architecture"] != cfg.MODEL.META_ARCHITECTURE:
+        raise UserError(f"{field}: {path} holds a {meta['architecture']} but the config asks for a "
+                        f"{cfg.MODEL.META_ARCHITECTURE}; set MODEL.META_ARCHITECTURE {meta['architecture']}")
     built = cfg.clone()
     built.defrost()
     built.MODEL.WEIGHTS = ""  # loaded below, exactly, from the state already read
@@ -90,15 +82,6 @@ def load_for_inference(path: str, cfg: Optional[CfgNode] = None, device: Optiona
     model.to(resolved).eval()
     iteration = state.get("iteration")
     return InferenceModel(model, cfg, metadata, meta, resolved, path, int(iteration) if iteration is not None else None)
-
-
-def _metadata_from_training_data(cfg, path, field) -> DatasetMetadata:
-    try:
-        return metadata_from_cfg(cfg)
-    except UserError as e:
-        raise UserError(f"{field}: {path} carries no categories (it predates self-describing checkpoints), and "
-                        f"the training data that names them cannot be read ({e}); run where DATASETS.TRAIN's "
-                        "json is, or load it once there and save a new checkpoint") from None
 
 
 def load_exactly(model: torch.nn.Module, weights: dict, path: str, field: str) -> None:

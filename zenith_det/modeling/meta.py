@@ -103,14 +103,19 @@ def metadata_from_meta(meta: dict, source: str, image_root: Optional[str] = "") 
     return metadata_from_categories(categories, source, image_root)
 
 
-def metadata_of_checkpoint(state, cfg, path: str) -> DatasetMetadata:
+def metadata_of_checkpoint(state, cfg, path: str, field: str = "MODEL.WEIGHTS") -> DatasetMetadata:
     """The label space of a loaded checkpoint: its meta's categories where it carries them (no
-    training data needed), else those of the config's DATASETS.TRAIN, as before checkpoints
-    described themselves."""
+    training data needed), else those of the config's DATASETS.TRAIN json; where neither is
+    there, a UserError that says so."""
     meta = state.get("meta") if isinstance(state, dict) else None
-    if meta is None:
+    if meta is not None:
+        return metadata_from_meta(check_meta(meta, f"{field} {path}"), path)
+    try:
         return metadata_from_cfg(cfg)
-    return metadata_from_meta(check_meta(meta, path), path)
+    except UserError as e:
+        raise UserError(f"{field}: {path} carries no categories (it was written without a meta), and the "
+                        f"training data that names them cannot be read ({e}); run where DATASETS.TRAIN's json is, "
+                        "or load it there once and save a checkpoint with its meta") from None
 
 
 def metadata_for_weights(cfg) -> DatasetMetadata:
