@@ -11,7 +11,6 @@ so both pycocotools' COCO() and tools/eval_coco.py read it. A file that is not a
 is skipped with one warning line and counted; nothing else is lost.
 """
 import glob
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -23,8 +22,6 @@ from ..utils.fileio import atomic_write_json, write_error
 from ..visualization import draw_instances, picture_scale, save_png, to_uint8
 from .images import load_image
 from .predictor import Predictor
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "PredictionSummary", "expand_inputs", "predict_files"]
 
@@ -94,8 +91,8 @@ def predict_files(weights: str, inputs: Iterable[str], output: str, *, json_path
                   score_threshold: float = 0.5, device: str = "auto", batch_size: int = 1,
                   progress: bool = True) -> PredictionSummary:
     """Draw and write the detections of `weights` on every image of `inputs` (see the module doc)."""
+    files = expand_inputs(inputs)  # a missing input is found before the model is loaded
     predictor = Predictor.from_checkpoint(weights, device=device, score_threshold=score_threshold)
-    files = expand_inputs(inputs)
     json_path = json_path or os.path.join(output, "results.json")
     try:
         os.makedirs(output, exist_ok=True)
