@@ -166,6 +166,37 @@ def test_sigusr2_checkpoints_requeues_resumes_and_matches_the_uninterrupted_run(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("after_s", [0.0, 1.5, 4.0])
+def test_sigusr2_as_the_tasks_start_ends_the_job_without_a_hang(after_s, datasets_root, tmp_path):
+    """The pre-timeout signal reaching both tasks while Python, torch or the rendezvous start up:
+    rank 1 used to wait 30 minutes for a rank 0 that had requeued and left. Whatever the moment,
+    the job now ends (or requeues and ends) with one line and a documented exit code."""
+    out = str(tmp_path / "run")
+    args = [sys.executable, SUBMIT, "--cluster", "local", "--gpus-per-node", "2", "--wait", "--max-timeouts", "1",
+            *TRAINING, "OUTPUT_DIR", out]
+    proc = subprocess.Popen(args, env=_env(datasets_root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    tasks = []
+    while len(tasks) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        controllers = _children(proc.pid)
+        tasks = _children(controllers[0]) if controllers else []
+        time.sleep(0.02)
+    time.sleep(after_s)
+    for pid in tasks:
+        try:
+            os.kill(pid, signal.SIGUSR2)
+        except ProcessLookupError:
+            pass
+    stdout, stderr = proc.communicate(timeout=600)  # the bug: rank 1 waited 30 minutes
+    assert proc.returncode in (0, 1, 2, 75), stderr[-3000:]
+    assert "Traceback" not in stderr
+    if proc.returncode:
+        said = [line for line in stderr.splitlines() if line.strip()]
+        assert said and (said[-1].startswith("error:") or said[-1].startswith("Job ")), stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_sigusr2_to_train_net_alone_writes_a_checkpoint_and_exits_75(datasets_root, tmp_path):
     """Under plain srun with `sbatch --signal=USR2@N`, the pre-timeout signal is a stop signal like SIGTERM."""
     out = str(tmp_path / "run")

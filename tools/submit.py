@@ -50,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--signal-delay-s", type=int, default=120,
                    help="seconds between SLURM's SIGUSR2 and the time limit: time to finish the iteration "
                         "and write a checkpoint (default 120)")
+    p.add_argument("--rendezvous-timeout-s", type=float,
+                   help="how long the tasks wait for each other to start before the job fails with one line "
+                        "(tools/train_net.py's flag; default 600)")
     p.add_argument("--cpus-per-task", type=int, help="CPUs per process (default DATALOADER.NUM_WORKERS + 1)")
     p.add_argument("--job-name", help="default: zenith_<config name>")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
@@ -57,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. SOLVER.BASE_LR 0.01")
     args = p.parse_args(argv)
+    if args.rendezvous_timeout_s is not None and not 0 < args.rendezvous_timeout_s < math.inf:
+        p.error(f"--rendezvous-timeout-s {args.rendezvous_timeout_s:g}: must be a positive, finite number of seconds")
     for flag in ("nodes", "gpus_per_node", "max_retries", "max_timeouts", "signal_delay_s", "timeout_min",
                  "cpus_per_task"):
         value, minimum = getattr(args, flag), 0 if flag in ("max_retries", "max_timeouts") else 1
@@ -140,7 +145,8 @@ def _submit(args) -> int:
         )
     # The user's OUTPUT_DIR override is replaced by its absolute path, not repeated after it.
     opts = [v for i in range(0, len(args.opts), 2) if args.opts[i] != "OUTPUT_DIR" for v in args.opts[i:i + 2]]
-    argv = ["--config", os.path.abspath(args.config_file), *opts, "OUTPUT_DIR", out]
+    wait = ["--rendezvous-timeout-s", f"{args.rendezvous_timeout_s:g}"] if args.rendezvous_timeout_s else []
+    argv = ["--config", os.path.abspath(args.config_file), *wait, *opts, "OUTPUT_DIR", out]
     # submitit copies sbatch's stderr to ours: kept instead, so a refusal is one line with sbatch's reason.
     said = io.StringIO()
     try:

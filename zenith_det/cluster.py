@@ -66,6 +66,7 @@ class TrainingJob:
     def __init__(self, argv: Sequence[str], max_retries: int = 2, entry: str = "zenith_det.engine.train_net:cli"):
         self.entry = entry  # "module:function" every task calls with argv (tests give a stand-in)
         self.argv = list(argv)
+        self.command = list(argv)  # what the user submitted: the run's log records it, not our --resume
         if "--resume" not in self.argv:
             self.argv.append("--resume")
         self.max_retries = max_retries
@@ -81,19 +82,25 @@ class TrainingJob:
         import submitit
         from submitit.core.utils import UncompletedJobError
 
+        from .utils.early_signals import record_stop_signals
+
+        requeue_signal = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+        submitit_handler = signal.getsignal(requeue_signal)
+        # First: a signal while torch loads or the ranks meet is kept for the trainer's handler. submitit's
+        # own ignores it on ranks other than 0, which then waited for a rank 0 that had requeued and left.
+        record_stop_signals(extra=(requeue_signal,))
         env = submitit.JobEnvironment()
         export_torch_distributed_environment(env)
         job_dir = str(env.paths.folder)
         rank = env.global_rank
         if rank == 0:
             _remove(os.path.join(job_dir, STATUS_FILE))  # an earlier segment's, before a requeue by SLURM itself
-        requeue_signal = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
-        submitit_handler = signal.getsignal(requeue_signal)
         from .engine.preemption import preemption_signals
 
         signals = preemption_signals()
         signals.add_signal(requeue_signal)  # the trainer stops at a safe point on it, as on SIGTERM
-        sys.argv = ["tools/train_net.py", *self.argv]  # what the run's log records as its command line
+        # The run log's "Command line": what the user submitted, without the --resume every segment adds.
+        sys.argv = ["tools/train_net.py", *getattr(self, "command", self.argv)]
         started_at = resume_point(self.argv)
         module, _, function = self.entry.partition(":")
         try:

@@ -8,6 +8,11 @@ of the job step on a port derived from the job id (MASTER_ADDR and MASTER_PORT,
 when set, win). Otherwise `--num-gpus N > 1` spawns N local processes. The
 backend is NCCL when CUDA is used, gloo on the CPU.
 
+Under srun and for spawned processes, the rendezvous waits in short steps (engine/rendezvous.py):
+it says what it waits for, honours stop signals (exit 75) and gives up after `rendezvous_timeout_s`
+(tools/train_net.py --rendezvous-timeout-s) with one line. torchrun's own agent has already
+gathered its processes when ours start, so under torchrun the env:// group is joined directly.
+
 An environment that contradicts itself (a SLURM_PROCID >= SLURM_NTASKS, torchrun's
 and SLURM's ranks disagreeing, `--num-gpus` under srun) is a UserError: one line.
 """
@@ -15,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from datetime import timedelta
 from typing import Optional
 
@@ -22,7 +28,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from .. import exit_codes
 from ..errors import UserError
+from .preemption import Preempted, preemption_signals
+from .rendezvous import DEFAULT_WAIT_S, rendezvous
 from .slurm import env_int, export_slurm_environment, slurm_task
 
 logger = logging.getLogger(__name__)
@@ -71,8 +80,10 @@ def check_launch_environment(num_processes: int = 1) -> Optional[str]:
     return None
 
 
-def launch(main_func, num_processes: int = 1, use_cuda: bool = None, args=(), timeout_minutes: int = 30):
-    """Run `main_func(*args)` in every process of the job."""
+def launch(main_func, num_processes: int = 1, use_cuda: bool = None, args=(), timeout_minutes: int = 30,
+           rendezvous_timeout_s: float = DEFAULT_WAIT_S):
+    """Run `main_func(*args)` in every process of the job. `timeout_minutes` bounds a collective
+    once training runs; `rendezvous_timeout_s` bounds the wait for every process to join."""
     if use_cuda is None:
         use_cuda = torch.cuda.is_available()
     launcher = check_launch_environment(num_processes)
@@ -82,7 +93,8 @@ def launch(main_func, num_processes: int = 1, use_cuda: bool = None, args=(), ti
         logger.info("srun task %d of %d (local rank %d); rendezvous at %s:%s", task.rank, task.world_size,
                     task.local_rank, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
     if launcher is not None:
-        _init_from_env(use_cuda, timeout_minutes)
+        if not _joined(launcher, use_cuda, timeout_minutes, rendezvous_timeout_s):
+            return exit_codes.PREEMPTED
         try:
             return main_func(*args)
         finally:
@@ -94,7 +106,8 @@ def launch(main_func, num_processes: int = 1, use_cuda: bool = None, args=(), ti
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(_free_port())
     context = mp.start_processes(
-        _worker, nprocs=num_processes, args=(main_func, num_processes, use_cuda, args, timeout_minutes),
+        _worker, nprocs=num_processes,
+        args=(main_func, num_processes, use_cuda, args, timeout_minutes, rendezvous_timeout_s),
         daemon=False, start_method="spawn", join=False,
     )
     # SIGTERM or SIGUSR2 sent to this process alone (`kill PID`, a scheduler) is passed to the
@@ -115,13 +128,32 @@ def launch(main_func, num_processes: int = 1, use_cuda: bool = None, args=(), ti
             signal.signal(sig, handler)
 
 
-def _init_from_env(use_cuda: bool, timeout_minutes: int) -> None:
+def _joined(launcher, use_cuda: bool, timeout_minutes: int, rendezvous_timeout_s: float) -> bool:
+    """Join the job's process group; False where a stop signal came first (one line says so)."""
+    signals = preemption_signals().install()  # main() keeps it installed; the rendezvous polls it
+    try:
+        _init_from_env(use_cuda, timeout_minutes, rendezvous_timeout_s, wait_in_python=launcher != "torchrun")
+    except Preempted as stop:
+        logger.warning("%s received while waiting for the rendezvous: stopping before training (exit %d); "
+                       "nothing was trained in this process", stop, exit_codes.PREEMPTED)
+        signals.uninstall()
+        return False
+    return True
+
+
+def _init_from_env(use_cuda: bool, timeout_minutes: int, rendezvous_timeout_s: float = DEFAULT_WAIT_S,
+                   wait_in_python: bool = True) -> None:
     if use_cuda:
         local_rank, visible = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
         # A scheduler that binds one GPU to each task (srun --gpus-per-task 1) shows each process its own only.
         torch.cuda.set_device(0 if visible == 1 else local_rank)
+    timeout = timedelta(minutes=timeout_minutes)
     try:
-        dist.init_process_group(_backend(use_cuda), timeout=timedelta(minutes=timeout_minutes))
+        if wait_in_python:
+            rendezvous(_backend(use_cuda), os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                       int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), rendezvous_timeout_s, timeout)
+        else:
+            dist.init_process_group(_backend(use_cuda), timeout=timeout)
     except dist.DistNetworkError as e:
         if "EADDRINUSE" not in str(e) and "address already in use" not in str(e).lower():
             raise
@@ -130,9 +162,14 @@ def _init_from_env(use_cuda: bool, timeout_minutes: int) -> None:
                         "(or unset it under srun: the job id chooses one)") from None
 
 
-def _worker(local_rank, main_func, world_size, use_cuda, args, timeout_minutes):
+def _worker(local_rank, main_func, world_size, use_cuda, args, timeout_minutes, rendezvous_timeout_s):
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size))
-    _init_from_env(use_cuda, timeout_minutes)
+    try:
+        if not _joined("spawn", use_cuda, timeout_minutes, rendezvous_timeout_s):
+            sys.exit(exit_codes.PREEMPTED)
+    except UserError as e:  # the parent's own error handling does not reach a spawned process
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(exit_codes.USER_ERROR)
     try:
         main_func(*args)
     finally:

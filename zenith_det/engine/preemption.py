@@ -17,6 +17,7 @@ import signal
 from contextlib import contextmanager
 
 from .. import exit_codes
+from ..utils import early_signals
 from ..utils.early_signals import STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class PreemptionSignals:
         if not self.installed:
             self.received = None
             self.seen = set()
+            # A stop signal recorded before this handler existed (early_signals.record_stop_signals) counts.
+            while early_signals.RECORDED:
+                self.received = early_signals.RECORDED.pop(0)
+                self.seen.add(self.received)
         for sig in self.signals:
             self._install_one(sig)
         return self

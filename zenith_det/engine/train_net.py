@@ -103,9 +103,10 @@ def _launch(args) -> int:
     use_cuda = resolve_device(cfg).type == "cuda"
     # Started by torchrun or srun (one process per device already), or a single process here.
     if check_launch_environment(args.num_gpus) is not None or args.num_gpus <= 1:
-        return launch(main, 1, use_cuda=use_cuda, args=(args,))
+        return launch(main, 1, use_cuda=use_cuda, args=(args,), rendezvous_timeout_s=args.rendezvous_timeout_s)
     try:
-        launch(_spawned_main, args.num_gpus, use_cuda=use_cuda, args=(args,))
+        launch(_spawned_main, args.num_gpus, use_cuda=use_cuda, args=(args,),
+               rendezvous_timeout_s=args.rendezvous_timeout_s)
     except mp.ProcessExitedException as e:
         return e.exit_code
     return 0

@@ -27,11 +27,24 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in OUTPUT_DIR")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes to spawn on this machine (not under torchrun or srun)")
+    parser.add_argument("--rendezvous-timeout-s", type=_positive_seconds, default=600, metavar="S",
+                        help="how long the processes of a job (srun tasks, --num-gpus) wait for each other "
+                             "to start before giving up with one line (default 600)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("--list-optimizers", action="store_true",
                         help="list the SOLVER.OPTIMIZER choices with their descriptions, and exit")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. SOLVER.BASE_LR 0.01")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of seconds")
+    return value
 
 
 def run_guarded(main, args) -> int:

@@ -7,6 +7,11 @@ traceback. Nothing has been written yet then, so the right
 answer is to stop at once with the preemption exit code; the run's own handler
 (engine/preemption.py) replaces this one before the run claims its folder.
 
+A task of a submitted job (zenith_det/cluster.py) must not exit that way: SLURM's SIGUSR2 asks
+its rank 0 to requeue the job. It records them instead (`record_stop_signals`), and the run's
+handler adopts what was recorded when it is installed, so a signal that came during start-up,
+the rendezvous included, is acted on rather than lost.
+
 This module imports nothing but the standard library, so an entry point can
 install it on its first line.
 """
@@ -29,3 +34,17 @@ def exit_on_stop_signals() -> None:
     """Until the run's own handler is installed, the STOP_SIGNALS end the process with exit code 75."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _exit_preempted)
+
+
+# The names of the stop signals received while `record_stop_signals` was in force, in order.
+RECORDED = []
+
+
+def _record(signum, frame):
+    RECORDED.append(signal.Signals(signum).name)
+
+
+def record_stop_signals(extra=()) -> None:
+    """Until the run's own handler is installed, the STOP_SIGNALS (and `extra`) are only recorded."""
+    for sig in (*STOP_SIGNALS, *extra):
+        signal.signal(sig, _record)
