@@ -8,6 +8,7 @@ import fcntl
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -635,3 +636,54 @@ def test_a_file_system_without_locks_still_runs_with_a_warning(tiny_cfg, monkeyp
     with caplog.at_level("WARNING", logger="zenith_det.engine.run_lock"):
         acquire_run_lock(tiny_cfg.OUTPUT_DIR)
     assert "Cannot lock" in caplog.text and "No locks available" in caplog.text
+
+
+@pytest.mark.slow
+def test_an_output_dir_deleted_while_training_stops_the_run_in_one_line(datasets_root, tmp_path):
+    """The folder, its checkpoints and its lock deleted under a training run (with loader workers):
+    the run used to go on, exit 0 and list files that were gone, while a second --resume run could
+    start in the same path. It now stops at the next step, exit 2, and writes nothing more."""
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, ZENITH_DATASETS=datasets_root, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    args = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config", SYNTHETIC_CONFIG, *FAST_CLI,
+            "DATALOADER.NUM_WORKERS", "2", "SOLVER.MAX_ITER", "400", "SOLVER.CHECKPOINT_PERIOD", "2",
+            "LOG_PERIOD", "1000", "OUTPUT_DIR", str(out)]
+    run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not glob.glob(str(out / "model_0*.pth")):
+        assert run.poll() is None and time.time() < deadline, run.stderr.read()[-3000:]
+        time.sleep(0.05)
+    shutil.rmtree(out)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 2, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    # The guard at the next step, or a checkpoint of this step that found the folder gone: either says so.
+    assert len(errors) == 1 and ("was lost while training" in errors[0] or "was deleted while this ran" in errors[0])
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing was written after the deletion: no folder made again
+
+
+def test_a_run_folder_deleted_or_made_again_is_lost(tmp_path):
+    from zenith_det.engine.run_lock import release_run_lock, run_folder_lost
+
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    acquire_run_lock(out)
+    try:
+        assert run_folder_lost(out) is None
+        shutil.rmtree(out)
+        assert "is gone" in run_folder_lost(out)
+        os.makedirs(out)  # another run's folder at the same path, with a lock of its own
+        open(os.path.join(out, ".zenith_run.lock"), "w").close()
+        assert "not the one this run holds" in run_folder_lost(out)
+    finally:
+        release_run_lock(out)
+
+
+def test_a_write_into_a_deleted_folder_does_not_claim_earlier_files_are_intact(tmp_path):
+    from zenith_det.utils.fileio import write_error
+
+    message = str(write_error(str(tmp_path / "gone" / "metrics.json"), FileNotFoundError(2, "No such file")))
+    assert "was deleted while this ran" in message and "intact" not in message

@@ -198,6 +198,7 @@ class Trainer(SimpleTrainer):
                 TensorboardWriter(cfg.OUTPUT_DIR),
             ]
         return [
+            hooks.RunFolderGuard(cfg.OUTPUT_DIR),
             hooks.IterationTimer(),
             hooks.LRScheduler(cfg.LOG_PERIOD),
             hooks.WallClockBudget(),

@@ -3,6 +3,7 @@
 They share what they measure through the trainer's BudgetClock (`trainer.clock`),
 never by writing into each other.
 
+0. RunFolderGuard      stops the run where OUTPUT_DIR was deleted under it (run_lock.py)
 1. IterationTimer      times each step (feeds the writer and the budget)
 2. LRScheduler         steps the LR schedule; records lr, ZENITH's multiplier and g_t
 3. WallClockBudget     stops in time for the final checkpoint and evaluation to fit
@@ -20,10 +21,41 @@ from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicChec
 
 from ..solver import largest_group, lr_multiplier_source
 from ..utils import comm
+from ..errors import UserError
 from .preemption import Preempted, PreemptionSignals
+from .run_lock import run_folder_lost
 from .train_loop import HookBase
 
 logger = logging.getLogger(__name__)
+
+
+class RunFolderGuard(HookBase):
+    """OUTPUT_DIR deleted while the run trains: stop at the next step with one line (exit 2), before
+    anything more is written. Otherwise the run went on into a folder that no longer held its
+    checkpoints, reported files that were gone, and its lock, gone with the folder, no longer kept
+    a second run out. Two stat calls a step."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.active = False
+
+    def before_train(self):
+        # A trainer built without default_setup (a notebook, a test) holds no lock: nothing to guard.
+        self.active = run_folder_lost(self.directory) is None
+
+    def after_step(self):
+        self.check(self.trainer.iter + 1)
+
+    def after_train(self):
+        if not self.trainer.failed:
+            self.check(self.trainer.iter)
+
+    def check(self, iteration: int) -> None:
+        why = self.active and run_folder_lost(self.directory)
+        if why:
+            raise UserError(f"OUTPUT_DIR {self.directory} was lost while training, after iteration {iteration}: "
+                            f"{why}; this run stops without writing more. Restore the folder and --resume, "
+                            "or start a new run")
 
 
 class IterationTimer(HookBase):

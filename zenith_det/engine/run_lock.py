@@ -96,3 +96,20 @@ def release_run_lock(directory: str) -> None:
     fd = _held.pop(os.path.realpath(directory), None)
     if fd is not None:
         os.close(fd)  # closing the descriptor drops the lock
+
+
+def run_folder_lost(directory: str) -> "str | None":
+    """Why `directory` is no longer this run's folder (deleted, emptied, or replaced by another
+    run's while we trained), or None while its lock file is still the one this process holds.
+    Any process of the job can ask: one that holds no lock checks that the file exists."""
+    path = os.path.join(directory, LOCK_FILE)
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return f"its lock file {path} is gone (the folder was deleted or emptied)"
+    fd = _held.get(os.path.realpath(directory))
+    if fd is not None:
+        held = os.fstat(fd)
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            return f"its lock file {path} is not the one this run holds (the folder was deleted and made again)"
+    return None

@@ -97,6 +97,10 @@ def atomic_write_text(text: str, path: str) -> None:
 def write_error(path: str, err: OSError) -> UserError:
     """The one line for a failed write of `path`: which folder, why, and that earlier files are intact."""
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):  # "earlier files there are intact" would be false
+        return UserError(f"could not write {os.path.basename(path)}: its folder {directory} was deleted while this "
+                         "ran, with what was in it; nothing more is written. Restore the folder and --resume, or "
+                         "start a new run")
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         why = "the disk is full"
     else:
