@@ -523,6 +523,60 @@ def test_a_failure_is_requeued_a_bounded_number_of_times_with_its_cause(outcome,
         assert "made no progress: it resumed at iteration 0" in status["message"] and "--timeout-min" in status["message"]
 
 
+FAKE_TWO_RANKS = '''
+import os, signal, time
+from types import SimpleNamespace
+from zenith_det.errors import UserError
+from zenith_det.utils.cli import run_guarded
+def cli(argv):
+    rank = int(os.environ["RANK"])
+    with open(os.environ["STARTS_FILE"], "a") as f:
+        f.write(f"start {rank}\\n")
+    if rank == 1:
+        if os.environ["OUTCOME"] == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)
+        def read(args):
+            raise UserError("cannot read image /data/broken.jpg: image file is truncated")
+        return run_guarded(read, SimpleNamespace(debug=False))
+    time.sleep(1)  # rank 0 waits in a collective until its peer has gone
+    raise RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:12345")
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outcome", ["bad_input", "killed"])
+def test_a_rank_other_than_0_that_ends_is_named_and_bad_input_is_not_retried(outcome, tmp_path, monkeypatch):
+    """Rank 1 reads a corrupt image (exit 2) or is killed; rank 0 then fails in a collective. Bad
+    input used to be retried like a crash until the retries ran out; it now ends the job at once,
+    exit 2, naming the rank and the image. A killed rank is retried, and named in the causes."""
+    from zenith_det.cluster import FAILURES_FILE, TrainingJob, read_status
+
+    (tmp_path / "fake_two_ranks.py").write_text(FAKE_TWO_RANKS)
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "SUBMITIT_")) or name in LAUNCH_VARS:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([REPO, str(tmp_path)]))
+    monkeypatch.setenv("STARTS_FILE", str(tmp_path / "starts"))
+    monkeypatch.setenv("OUTCOME", outcome)
+    executor = submitit.LocalExecutor(tmp_path / "submitit" / "%j")
+    executor.update_parameters(timeout_min=10, tasks_per_node=2)
+    job = executor.submit(TrainingJob(["--config", "x.yaml"], max_retries=1, entry="fake_two_ranks:cli"))
+    with pytest.raises(Exception):
+        job.wait()
+        job.result()
+    status = read_status(str(job.paths.folder))
+    starts = (tmp_path / "starts").read_text().count("start 0")
+    if outcome == "bad_input":
+        assert starts == 1  # not retried
+        assert status["exit_code"] == 2
+        assert status["message"].startswith("rank 1: cannot read image /data/broken.jpg")
+    else:
+        assert starts == 2  # one retry, as for any crash
+        assert status["exit_code"] == 1 and "rank(s) 1 ended without a word (killed" in status["message"]
+        causes = json.load(open(os.path.join(str(job.paths.folder), FAILURES_FILE)))
+        assert all("rank(s) 1 ended without a word" in c["cause"] for c in causes)
+
+
 def test_a_master_port_in_use_is_one_line(monkeypatch):
     """Rank 0 serves the rendezvous on MASTER_PORT; another process holding it was a traceback."""
     import socket

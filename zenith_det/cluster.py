@@ -47,6 +47,11 @@ from .exit_codes import DIVERGED, OK, PREEMPTED, USER_ERROR
 logger = logging.getLogger(__name__)
 
 STATUS_FILE = "zenith_status.json"
+# Each rank but 0 writes how its segment ended here, so that rank 0, failing because a peer left,
+# knows why: bad input or a divergence on that rank ends the job (a retry would fail again), a rank
+# that wrote nothing was killed. Rank 0 waits up to PEER_WAIT_S for them.
+RANK_OUTCOME_FILE = "zenith_rank{}.json"
+PEER_WAIT_S = 20.0
 FAILURES_FILE = "zenith_failures.json"
 # The exit status of a job that failed for good (an exception, retries spent).
 FAILED = 1
@@ -95,6 +100,8 @@ class TrainingJob:
         rank = env.global_rank
         if rank == 0:
             _remove(os.path.join(job_dir, STATUS_FILE))  # an earlier segment's, before a requeue by SLURM itself
+        _remove(os.path.join(job_dir, RANK_OUTCOME_FILE.format(rank)))
+        self._segment_started = time.time()
         from .engine.preemption import preemption_signals
 
         signals = preemption_signals()
@@ -107,6 +114,11 @@ class TrainingJob:
             code = getattr(importlib.import_module(module), function)(self.argv)
         except Exception as e:  # noqa: BLE001 (a crash of any kind: requeued a bounded number of times)
             return self._failed(env, job_dir, e)
+        if rank != 0:
+            from .utils.cli import last_error
+
+            _write_json(os.path.join(job_dir, RANK_OUTCOME_FILE.format(rank)),
+                        {"exit_code": code, "message": last_error() if code in (USER_ERROR, DIVERGED) else ""})
         if code == OK:
             if rank == 0:
                 _write_status(job_dir, OK, "done")
@@ -153,8 +165,21 @@ class TrainingJob:
     def _failed(self, env, job_dir: str, error: Exception) -> int:
         cause = f"{type(error).__name__}: {error}".splitlines()[0][:500]
         if env.global_rank != 0:
+            _write_json(os.path.join(job_dir, RANK_OUTCOME_FILE.format(env.global_rank)),
+                        {"exit_code": FAILED, "message": cause})
             _say(f"rank {env.global_rank} failed ({cause}); rank 0 decides whether the job is requeued")
             raise error
+        peers, missing = self._peer_outcomes(env, job_dir)
+        for peer, outcome in sorted(peers.items()):
+            if outcome["exit_code"] in (USER_ERROR, DIVERGED):  # the cause of rank 0's failure; a retry fails again
+                message = (f"rank {peer}: {outcome['message'] or 'exit code ' + str(outcome['exit_code'])}; "
+                           "not requeued: it would fail again")
+                _say(f"error: {message}")
+                _write_status(job_dir, outcome["exit_code"], message)
+                raise JobFailed(outcome["exit_code"], message) from None
+        if missing:
+            cause = (f"rank(s) {', '.join(map(str, missing))} ended without a word (killed: SIGKILL, out of memory, "
+                     f"a lost node), then rank 0 failed: {cause}")[:500]
         path = os.path.join(job_dir, FAILURES_FILE)
         failures = _read_json(path, default=[])
         failures.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "cause": cause})
@@ -170,6 +195,29 @@ class TrainingJob:
              f"(causes in {path})")
         _write_status(job_dir, FAILED, f"failed {len(failures)} times, last: {cause}")
         raise error
+
+
+    def _peer_outcomes(self, env, job_dir: str):
+        """The outcomes the other ranks wrote in this segment ({rank: outcome}), and the ranks that wrote
+        none within PEER_WAIT_S. Only rank 0 asks, after it failed."""
+        started = getattr(self, "_segment_started", 0.0)
+        deadline = time.monotonic() + PEER_WAIT_S
+        while True:
+            peers = {}
+            for peer in range(1, env.num_tasks):
+                path = os.path.join(job_dir, RANK_OUTCOME_FILE.format(peer))
+                try:
+                    fresh = os.path.getmtime(path) >= started - 1.0  # not an earlier segment's
+                except OSError:
+                    fresh = False
+                outcome = _read_json(path, default=None) if fresh else None
+                if isinstance(outcome, dict) and isinstance(outcome.get("exit_code"), int):
+                    peers[peer] = outcome
+            missing = [peer for peer in range(1, env.num_tasks) if peer not in peers]
+            decided = any(o["exit_code"] in (USER_ERROR, DIVERGED) for o in peers.values())
+            if not missing or decided or time.monotonic() >= deadline:
+                return peers, missing
+            time.sleep(0.2)
 
 
 def resume_point(argv: Sequence[str]) -> Optional[int]:

@@ -47,6 +47,14 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+# The one line the latest run_guarded printed for a failure: a job's task reports it to rank 0 (cluster.py).
+_last_error = []
+
+
+def last_error() -> str:
+    return _last_error[-1] if _last_error else ""
+
+
 def run_guarded(main, args) -> int:
     """Run `main(args)`, turning known failures into one line on stderr and an exit code."""
     try:
@@ -54,6 +62,7 @@ def run_guarded(main, args) -> int:
     except UserError as e:
         if args.debug:
             raise
+        _last_error.append(str(e))
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:
@@ -66,6 +75,7 @@ def run_guarded(main, args) -> int:
         if args.debug:
             raise
         logging.getLogger("zenith_det").error("%s", e)
+        _last_error.append(str(e))
         print(f"error: {e}", file=sys.stderr)
         return DIVERGED_EXIT_CODE
 
