@@ -7,6 +7,7 @@
 # Nothing is written in the repository tree: configuration goes to /etc/slurm, state to
 # /var/spool/slurm*, logs to /var/log/slurm, pid files to /run.
 set -euo pipefail
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 LOG_DIR=/var/log/slurm
 CTLD_LOG="$LOG_DIR/slurmctld.log"
@@ -40,10 +41,13 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
     if [ ! -e "$POLICY" ]; then
         printf '#!/bin/sh\nexit 101\n' >"$POLICY" && chmod 755 "$POLICY" && ADDED_POLICY=1
     fi
-    apt-get update -qq
-    apt-get install -y -qq -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        slurmctld slurmd slurm-client munge >/dev/null
+    rc=0
+    { apt-get update -qq \
+        && apt-get install -y -qq -o Dpkg::Options::=--force-confdef \
+            -o Dpkg::Options::=--force-confold slurmctld slurmd slurm-client munge >/dev/null
+    } || rc=$?
     if [ "$ADDED_POLICY" -eq 1 ]; then rm -f "$POLICY"; fi
+    [ "$rc" -eq 0 ] || fail "apt-get install slurmctld slurmd slurm-client munge failed (rc $rc)"
 fi
 
 # --- 2. configuration ----------------------------------------------------------------
@@ -214,7 +218,7 @@ while :; do
     alive "$SLURMD_PID" slurmd || fail "slurmd died"
     state="$(sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n 1 || true)"
     case "$state" in
-        idle|mixed|allocated|completing) break ;;
+        idle|mixed|allocated) break ;;
         down*|drain*|fail*)
             # A node left down by an earlier slurmd death: ReturnToService=2 should bring it
             # back on registration; if not, resume it explicitly.

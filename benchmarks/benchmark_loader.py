@@ -133,9 +133,9 @@ def peer_transforms(resize=None):
     return v2.Compose(steps)
 
 
-def pil_read_image(path, expected_size=None, image_root=""):
+def pil_read_image(path, expected_size=None, image_root="", shrink_to=None):
     """read_image as it was: PIL for every file."""
-    return coco_module._read_with_pil(path, path, expected_size, image_root)
+    return coco_module._read_with_pil(path, path, expected_size, image_root, shrink_to)
 
 
 def build_pipelines(kind, json_file, image_root, resize, seed):

@@ -62,6 +62,7 @@ def get_detection_dataset(name, cfg=None, is_train=True):
         options["filter_empty"] = cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS if cfg is not None else True
         if cfg is not None:
             options.update(targets_for_architecture(cfg.MODEL.META_ARCHITECTURE))
+            options["largest_input"] = (max(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN)
     mtime = os.stat(json_file).st_mtime_ns if os.path.isfile(json_file) else None
     key = (name, json_file, image_root, mtime, tuple(sorted(options.items())))
     if key not in _DATASET_CACHE:

@@ -206,8 +206,29 @@ def _keypoint_flip(names):
 # ---------------------------------------------------------------- images
 
 
-def read_image(path, expected_size=None, image_root=""):
+# An image that training shrinks more than SHRINK_HEADROOM-fold is shrunk while it is read, to
+# SHRINK_HEADROOM times the largest size the model's own resize gives it: an 8000x8000 photo trained at
+# 96 px was decoded at full size as float32 (768 MB), with a full-size mask per object, before that
+# resize. The model's resize still decides the final size; images within the headroom (COCO's at
+# its usual sizes) are read exactly as before.
+SHRINK_HEADROOM = 2.0
+
+
+def shrink_factor(width, height, largest_input):
+    """The scale an image of `width` x `height` is read at: 1, or a scale below 1 where training's
+    resize, at `largest_input` = (largest short side, largest long side), shrinks it more than
+    SHRINK_HEADROOM-fold."""
+    if largest_input is None:
+        return 1.0
+    short, long = largest_input
+    final = min(short / min(width, height), long / max(width, height))
+    return 1.0 if final * SHRINK_HEADROOM >= 1.0 else final * SHRINK_HEADROOM
+
+
+def read_image(path, expected_size=None, image_root="", shrink_to=None):
     """float32 RGB tensor (3, H, W) in [0, 1]; `expected_size` is the json's (width, height).
+    `shrink_to` (width, height): read smaller (a JPEG decoded at a reduced DCT scale, then resized
+    with Pillow's antialiasing), so the full-size pixels never exist as floats.
 
     JPEGs of 1 or 3 components (COCO's) are decoded by torchvision.io.decode_jpeg
     (libjpeg-turbo, straight to (C, H, W)): 1.25x PIL's path to this float32 tensor at
@@ -224,6 +245,8 @@ def read_image(path, expected_size=None, image_root=""):
                            "fix image_root in DATASETS.REGISTER or restore the file") from None
     except OSError as e:
         raise _unreadable(path, image_root, e) from None
+    if shrink_to is not None and expected_size is not None and tuple(shrink_to) != tuple(expected_size):
+        return _read_with_pil(io.BytesIO(data), path, expected_size, image_root, shrink_to)
     if data[:3] == _JPEG_MAGIC:
         image = _decode_jpeg(data, expected_size)
         if image is not None:
@@ -270,7 +293,9 @@ def _unreadable(path, image_root, error):
                         "replace the file or drop it from the json")
 
 
-def _read_with_pil(source, path, expected_size, image_root):
+def _read_with_pil(source, path, expected_size, image_root, shrink_to=None):
+    if shrink_to is not None:
+        return _read_shrunk(source, path, expected_size, image_root, tuple(shrink_to))
     try:
         with Image.open(source) as raw:
             raw.load()
@@ -287,6 +312,32 @@ def _read_with_pil(source, path, expected_size, image_root):
     return pil_image_to_tensor(img)
 
 
+_SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _read_shrunk(source, path, expected_size, image_root, size):
+    """_read_with_pil's answer at `size` (the json's orientation), decided from the header before decoding."""
+    try:
+        with Image.open(source) as raw:
+            sideways = raw.getexif().get(0x0112, 1) in _SIDEWAYS
+            upright = raw.size[::-1] if sideways else raw.size
+            use_upright = upright == tuple(expected_size)
+            if not use_upright and raw.size != tuple(expected_size):
+                raise DatasetError(f"image {path} is {upright[0]}x{upright[1]} but its json entry says "
+                                   f"{expected_size[0]}x{expected_size[1]} (width x height); fix the json or the file")
+            raw.draft("RGB", size[::-1] if use_upright and sideways else size)  # JPEG: a DCT scale >= size
+            raw.load()
+            img = ImageOps.exif_transpose(raw) if use_upright else raw
+            if img.mode.startswith("I;16"):
+                img = img.convert("I")  # resized in 32-bit, still read as 16-bit below
+            elif img.mode not in ("RGB", "L", "I"):
+                img = img.convert("RGBA" if img.mode == "P" else "RGB").convert("RGB")
+            img = img.resize(size, Image.BILINEAR)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise _unreadable(path, image_root, e) from None
+    return pil_image_to_tensor(img)
+
+
 def pil_image_to_tensor(img):
     """float32 RGB (3, H, W) in [0, 1] of a PIL image of any mode (16-bit, palette, CMYK, ...)."""
     if img.mode.startswith("I;16") or img.mode == "I":
@@ -299,6 +350,13 @@ def pil_image_to_tensor(img):
         img = img.convert("RGB")  # L, LA, RGBA (alpha dropped), CMYK, YCbCr, ...
     array = torch.from_numpy(np.array(img, dtype=np.uint8))
     return array.permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+
+
+def _scaled_polygon(polygon, sx, sy):
+    scaled = np.array(polygon, dtype=np.float64)
+    scaled[0::2] *= sx
+    scaled[1::2] *= sy
+    return scaled
 
 
 # ---------------------------------------------------------------- dataset
@@ -324,8 +382,9 @@ class CocoDetection(torch.utils.data.Dataset):
     """
 
     def __init__(self, json_file, image_root, *, with_masks=False, with_keypoints=False,
-                 filter_empty=False, name=None, check_files=True):
+                 filter_empty=False, name=None, check_files=True, largest_input=None):
         self.json_file = json_file
+        self.largest_input = largest_input  # (short, long) of training's resize: see SHRINK_HEADROOM
         self.image_root = image_root
         self.name = name or json_file
         self.with_masks = with_masks
@@ -444,11 +503,14 @@ class CocoDetection(torch.utils.data.Dataset):
         i = self._images[index]
         width, height = int(self.table.width[i]), int(self.table.height[i])
         path = os.path.join(self.image_root, self.table.file_name(i))
-        image = read_image(path, expected_size=(width, height), image_root=self.image_root)
-        return image, self.target(index)
+        scale = shrink_factor(width, height, self.largest_input)
+        size = (max(1, round(width * scale)), max(1, round(height * scale))) if scale < 1 else None
+        image = read_image(path, expected_size=(width, height), image_root=self.image_root, shrink_to=size)
+        return image, self.target(index, size)
 
-    def target(self, index):
-        """The target dict of dataset[index], without reading the image."""
+    def target(self, index, size=None):
+        """The target dict of dataset[index], without reading the image; `size` (width, height):
+        for the image read at that size (coordinates scaled, masks drawn at it)."""
         t, i = self.table, self._images[index]
         height, width = int(t.height[i]), int(t.width[i])
         begin, end = self._offsets[i], self._offsets[i + 1]
@@ -462,19 +524,35 @@ class CocoDetection(torch.utils.data.Dataset):
             "iscrowd": torch.zeros(len(rows), dtype=torch.int64),
             "image_id": torch.tensor(int(t.image_id[i]), dtype=torch.int64),
         }
+        sx, sy = (size[0] / width, size[1] / height) if size is not None else (1.0, 1.0)
+        out_w, out_h = size if size is not None else (width, height)
+        if size is not None:
+            target["boxes"] *= torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+            target["area"] = target["area"] * (sx * sy)
         if self.with_masks:
-            masks = [self._mask(r, height, width) for r in rows]
+            masks = [self._mask(r, height, width, size) for r in rows]
             target["masks"] = (torch.from_numpy(np.stack(masks)) if masks
-                               else torch.zeros((0, height, width), dtype=torch.uint8))
+                               else torch.zeros((0, out_h, out_w), dtype=torch.uint8))
         if self.with_keypoints:
             k = self.metadata.num_keypoints
             keypoints = np.array([t.keypoints(r) for r in rows], dtype=np.float32).reshape(-1, k, 3)
+            keypoints[..., 0] *= sx  # unlabelled keypoints are (0, 0, 0) and stay so
+            keypoints[..., 1] *= sy
             target["keypoints"] = torch.from_numpy(keypoints)
         return target
 
-    def _mask(self, row, height, width):
+    def _mask(self, row, height, width, size=None):
+        """uint8 (H, W) at the json's size, or at `size` (width, height): polygons are drawn at that
+        size; an RLE is decoded and then resized (nearest), one object at a time."""
+        out_w, out_h = size if size is not None else (width, height)
         if self.table.segm_kind[row] == SEGM_POLYGONS:
-            rle = mask_util.merge(mask_util.frPyObjects(self.table.polygons(row), height, width))
+            polygons = self.table.polygons(row)
+            if size is not None:
+                polygons = [_scaled_polygon(p, out_w / width, out_h / height) for p in polygons]
+            rle = mask_util.merge(mask_util.frPyObjects(polygons, out_h, out_w))
         else:  # SEGM_RLE; rows without a usable mask were refused in __init__
-            rle = self.table.rle(row, height, width)
+            full = mask_util.decode(self.table.rle(row, height, width))
+            if size is None:
+                return full
+            return np.asarray(Image.fromarray(full).resize((out_w, out_h), Image.NEAREST))
         return mask_util.decode(rle)  # uint8 (H, W); np.stack makes the batch C-contiguous
