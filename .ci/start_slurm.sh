@@ -70,7 +70,7 @@ for i in 0 1; do
     dev="/dev/zenith_fake_gpu$i"
     if [ ! -c "$dev" ]; then
         rm -f "$dev"
-        mknod -m 666 "$dev" c 1 3
+        mknod -m 666 "$dev" c 1 3 || fail "cannot create fake GPU device $dev (mknod)"
     fi
 done
 
@@ -138,12 +138,26 @@ for pair in "$NEW_CONF:/etc/slurm/slurm.conf" "$NEW_GRES:/etc/slurm/gres.conf"; 
 done
 
 # --- 3. daemons ----------------------------------------------------------------------
-# alive PIDFILE NAME: the pid file names a live process whose command is NAME.
+# alive PIDFILE NAME: the pid file names a live process whose command is NAME. A zombie
+# does not count (where PID 1 does not reap, a killed daemon stays one with its name).
 alive() {
-    local pid
+    local pid st
     [ -s "$1" ] || return 1
     pid="$(cat "$1" 2>/dev/null)" || return 1
-    [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$2" ]
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
+    st="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status" 2>/dev/null)"
+    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+
+# stop PIDFILE NAME: end the daemon named by the pid file (ours), wait until it is gone.
+stop() {
+    if alive "$1" "$2"; then
+        kill "$(cat "$1")" 2>/dev/null || true
+        for _ in $(seq 1 100); do alive "$1" "$2" || break; sleep 0.1; done
+        if alive "$1" "$2"; then kill -9 "$(cat "$1")" 2>/dev/null || true; sleep 0.5; fi
+    fi
+    rm -f "$1"
 }
 
 # munge: key (the Debian package normally creates one), runtime dir, daemon as user munge.
@@ -156,29 +170,33 @@ if [ ! -s /etc/munge/munge.key ]; then
     chown munge:munge /etc/munge/munge.key
     chmod 400 /etc/munge/munge.key
 fi
-if ! alive "$MUNGE_PID" munged; then
+start_munged() {
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown munge:munge /run/munge /var/log/munge /var/lib/munge
     chmod 755 /run/munge
     say "starting munged"
     runuser -u munge -- /usr/sbin/munged || fail "munged did not start"
-fi
-munge_ok=0
-for _ in $(seq 1 50); do
-    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then munge_ok=1; break; fi
-    sleep 0.2
-done
-[ "$munge_ok" -eq 1 ] || fail "munge credentials do not work"
-
-# stop PIDFILE NAME: end the daemon named by the pid file (ours), wait until it is gone.
-stop() {
-    if alive "$1" "$2"; then
-        kill "$(cat "$1")" 2>/dev/null || true
-        for _ in $(seq 1 100); do alive "$1" "$2" || break; sleep 0.1; done
-        if alive "$1" "$2"; then kill -9 "$(cat "$1")" 2>/dev/null || true; sleep 0.5; fi
-    fi
-    rm -f "$1"
 }
+munge_works() {
+    local _
+    for _ in $(seq 1 "$1"); do
+        if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    return 1
+}
+tries=5
+if ! alive "$MUNGE_PID" munged; then
+    start_munged
+    tries=50
+fi
+if ! munge_works "$tries"; then
+    # A live munged without its socket (e.g. reinstalling the munge package removes
+    # /run/munge): restart it.
+    stop "$MUNGE_PID" munged
+    start_munged
+    munge_works 50 || fail "munge credentials do not work"
+fi
 
 if [ "$CONF_CHANGED" -eq 1 ]; then
     # Restart rather than 'scontrol reconfigure': some settings (AuthInfo, Gres) are only
@@ -186,13 +204,11 @@ if [ "$CONF_CHANGED" -eq 1 ]; then
     stop "$SLURMD_PID" slurmd
     stop "$CTLD_PID" slurmctld
 fi
-RESTARTED=0
 if ! alive "$CTLD_PID" slurmctld; then
     say "starting slurmctld"
     rm -f "$CTLD_PID"
     # No -c: keep saved state (jobs survive a controller restart); a first start has none.
     slurmctld || fail "slurmctld did not start"
-    RESTARTED=1
     # It forks before reading everything: a bad config shows up as an exit a moment later.
     ctld_ok=0
     for _ in $(seq 1 $(( WAIT_S * 2 ))); do
@@ -207,7 +223,6 @@ if ! alive "$SLURMD_PID" slurmd; then
     say "starting slurmd"
     rm -f "$SLURMD_PID"
     slurmd || fail "slurmd did not start"
-    RESTARTED=1
 fi
 
 # --- 4. wait until the node takes jobs ------------------------------------------------
