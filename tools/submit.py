@@ -165,7 +165,7 @@ def _submit(args) -> int:
     sys.stdout.flush()
     if not args.wait:
         return 0
-    return _wait(job, job_dir)
+    return _wait(job, job_dir, args.cluster)
 
 
 def _refusal(text: str) -> str:
@@ -175,23 +175,37 @@ def _refusal(text: str) -> str:
     return "; ".join(said) if said else (lines[-1] if lines else "no reason given")
 
 
+def _wait_for_slurm_job(job, poll_s: float = 2.0) -> str:
+    """Wait until the job has left SLURM's queue for good (requeues waited through); its last state.
+    submitit's own wait asks sacct, which a cluster without accounting never answers: it waited forever."""
+    import time
+
+    from zenith_det.cluster import SLURM_FINAL_STATES, slurm_job_state
+
+    while True:
+        state = slurm_job_state(job.job_id)
+        if state is None or state in SLURM_FINAL_STATES:
+            return state or "gone from the queue"
+        time.sleep(poll_s)
+
+
 def _uses_cuda(cfg) -> bool:
     from zenith_det.engine import resolve_device
 
     return resolve_device(cfg).type == "cuda"
 
 
-def _wait(job, job_dir: str) -> int:
+def _wait(job, job_dir: str, cluster: str) -> int:
     from zenith_det.cluster import FAILED, read_status
 
     try:
-        job.wait()
+        state = _wait_for_slurm_job(job) if cluster == "slurm" else (job.wait(), job.state)[1]
     except KeyboardInterrupt:
         print(f"Stopped waiting; job {job.job_id} goes on", file=sys.stderr)
         return 130
     status = read_status(job_dir)
     if status is None:
-        print(f"error: job {job.job_id} ended without finishing (state {job.state}): cancelled or killed; "
+        print(f"error: job {job.job_id} ended without finishing (state {state}): cancelled or killed; "
               f"see the logs in {job_dir}", file=sys.stderr)
         return FAILED
     code = int(status["exit_code"])

@@ -259,6 +259,27 @@ def export_torch_distributed_environment(env) -> None:
     )
 
 
+# squeue's states of a job that will not run again (a requeued one is PENDING, REQUEUED or REQUEUE_*).
+SLURM_FINAL_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+                      "BOOT_FAIL", "DEADLINE", "REVOKED"}
+
+
+def slurm_job_state(job_id: str) -> Optional[str]:
+    """The job's state from squeue (which needs no accounting database, unlike sacct, which
+    submitit asks), e.g. "RUNNING"; None once slurmctld has forgotten the job (MinJobAge)."""
+    import subprocess
+
+    try:
+        result = subprocess.run(["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T"], capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "UNKNOWN"  # squeue itself failed: not a reason to stop waiting
+    if result.returncode != 0:
+        return None if "Invalid job id" in result.stderr else "UNKNOWN"
+    states = result.stdout.split()
+    return states[0] if states else None
+
+
 def read_status(job_dir: str) -> Optional[dict]:
     """The outcome rank 0 wrote when the job ended for good: {"exit_code": N, "message": ...}, or None."""
     return _read_json(os.path.join(job_dir, STATUS_FILE), default=None)
