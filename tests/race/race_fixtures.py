@@ -10,6 +10,7 @@ from zenith_det.race import claims_table as claims
 from zenith_det.race import runner as race
 from zenith_det.race import run_summary as record
 from zenith_det.race import report_page as report
+from zenith_det.race.sharpness import METHOD
 from zenith_det.race.suite_format import Run
 
 
@@ -52,8 +53,9 @@ def _fake_run(suite, summaries, run, ap, lr, optimizer, status="ok", eigen=None,
     if eigen is not None:
         implied = 2 * 1.9 / final_lr
         with open(os.path.join(vdir, record.SHARPNESS), "w") as f:
-            json.dump({"eigenvalue": eigen, "estimates": [eigen * 0.9, eigen], "residuals": [0.1, 0.01], "converged": True,
-                       "tol": 0.05, "lr": final_lr, "momentum": 0.9, "lr_implied": implied}, f)
+            json.dump({"method": METHOD, "eigenvalue": eigen, "lambda_min": -eigen / 10, "residual_max": 0.01,
+                       "residual_min": 0.02, "hvps": 60, "converged": True, "tol": 0.05, "lr": final_lr,
+                       "momentum": 0.9, "lr_implied": implied}, f)
     opts = ["SEED", str(run.seed), "OUTPUT_DIR", vdir]
     record.write_summary(summaries, run, record.build_summary(suite, run, vdir, opts, None if lr is None else lr))
     shutil.rmtree(vdir)

@@ -1,6 +1,7 @@
 """The runner, its summaries, the cost measurement and one real run (race/runner.py, race/run_process.py, race/overhead.py)."""
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -221,3 +222,88 @@ def test_one_real_run_writes_stats_skips_and_probe_metrics(datasets_root, tmp_pa
     recs = load_metrics(out)
     assert any("wall_seconds" in r for r in recs) and any("lr_effective" in r for r in recs)
     assert torch.isfinite(torch.tensor([r["total_loss"] for r in recs if "total_loss" in r])).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_name", ["zenith.yaml", "sgd_multistep.yaml"])
+def test_a_run_whose_steps_are_skipped_persistently_is_recorded_as_diverged(config_name, datasets_root, tmp_path,
+                                                                            monkeypatch):
+    """Gradients made infinite from the third iteration on: ZENITH skips those steps with a finite
+    loss (the earlier race recorded such a run "ok" with 0 AP), SGD's loss turns non-finite. Both
+    runs end as diverged, exit 3, with their skipped steps counted, and the summary says so."""
+    from zenith_det.engine import Trainer
+    from zenith_det.exit_codes import DIVERGED
+    from zenith_det.race import run_process as race_run
+
+    build = Trainer.build_model.__func__
+    calls = {"n": 0}
+
+    def poisoned(cls, cfg, metadata):
+        model = build(cls, cfg, metadata)
+        weight = next(p for p in model.parameters() if p.requires_grad)
+
+        def hook(grad):
+            calls["n"] += 1
+            return grad * float("inf") if calls["n"] >= 3 else grad
+
+        weight.register_hook(hook)
+        return model
+
+    monkeypatch.setattr(Trainer, "build_model", classmethod(poisoned))
+    out = str(tmp_path / "child")
+    opts = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "30", "SOLVER.WARMUP_ITERS", "2",
+            "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.ZENITH.WINDOW", "5", "SOLVER.MAX_NONFINITE_STEPS", "4",
+            "DATASETS.TEST", "()", "LOG_PERIOD", "2", "OUTPUT_DIR", out]
+    assert race_run.train_one(os.path.join(CONFIGS, config_name), opts, resume=False) == DIVERGED
+    failed = json.load(open(os.path.join(out, race.FAILED)))
+    assert failed["status"] == "diverged" and "in a row" in failed["error"]
+    skipped = failed["skipped_steps"]
+    assert skipped["nonfinite_grad" if config_name == "zenith.yaml" else "nonfinite_loss"] >= 4
+    assert failed["iterations"] < 30
+    suite = _load(tmp_path)
+    summary = record.build_summary(suite, Run("zenith", 0), out, opts[:-2], 0.02)
+    assert summary["status"] == "diverged" and summary["skipped_steps"] == skipped
+
+
+REPROBE_CHILD = CHILD + r"""
+with open(os.path.join(out, "sharpness.json"), "w") as f:
+    json.dump({"method": "lanczos-exact-hvp", "eigenvalue": 7.0, "lambda_min": -1.0, "residual_max": 1e-4,
+               "residual_min": 1e-4, "hvps": 40, "converged": True, "tol": 0.05, "lr": lr, "momentum": 0.9,
+               "lr_implied": 1.0}, f)
+"""
+
+REPROBE_SUITE = """
+seeds: [0, 1]
+summaries: summaries
+arms:
+  - {name: zenith, config: CONFIGS/zenith.yaml, lr: {tune: [0.01, 0.02]}}
+sharpness: {arms: [zenith], seeds: 2, max_iters: 50, tol: 0.05}
+""" + PREREG
+
+
+@pytest.mark.slow
+def test_a_probe_of_another_method_is_redone_on_a_retrained_run_that_reproduces_its_summary(tmp_path, monkeypatch):
+    """The committed summaries carry finite-difference probes and no checkpoint: each run is trained
+    again from its summary's options and its new probe kept only where the final AP is the same."""
+    suite = _load(tmp_path, REPROBE_SUITE)
+    child = tmp_path / "child.py"
+    child.write_text(REPROBE_CHILD)
+    monkeypatch.setattr(race, "child_command",
+                        lambda config, opts, resume, sharpness=None: [sys.executable, str(child)] + list(opts))
+    out = str(tmp_path / "machine")
+    race.run_suite(suite, out, jobs=1, log=lambda *_: None)
+    for seed in (0, 1):  # as committed before: an old probe, and no checkpoint on this machine
+        s = record.read_summary(suite.summaries, Run("zenith", seed))
+        s["sharpness"] = {"eigenvalue": 80.0, "estimates": [70.0, 80.0], "residuals": [0.3, 0.2], "converged": False}
+        if seed == 1:
+            s["final"]["bbox/AP"] += 1.0  # a summary this code does not reproduce
+        record.write_summary(suite.summaries, Run("zenith", seed), s)
+    shutil.rmtree(out)
+    said = []
+    race.run_sharpness(suite, out, log=said.append)
+    redone = record.read_summary(suite.summaries, Run("zenith", 0))["sharpness"]
+    assert redone["method"] == "lanczos-exact-hvp" and redone["eigenvalue"] == 7.0 and redone["lambda_min"] == -1.0
+    kept = record.read_summary(suite.summaries, Run("zenith", 1))["sharpness"]
+    assert kept["eigenvalue"] == 80.0  # not replaced by a probe of other weights
+    assert any("does not reproduce its summary's final AP" in line for line in said)

@@ -169,7 +169,7 @@ def test_flatness_is_compared_only_between_matched_final_lrs(tmp_path):
     row = _rows(_results(suite, suite.summaries))["flatter minima"]
     assert row["verdict"] == verdicts.UNDECIDED and "Confounded" in row["numbers"] and "20x ZENITH's" in row["numbers"]
     text = "\n".join(report_tables.flatness_lines(_results(suite, suite.summaries)))
-    assert "| SGD | 0 | 25.0 | 2 | 0.01 | yes | 0.0002 | 19000 | 0.001 |" in text
+    assert "| SGD | 0 | 25.0 | -2.5 | 60 | 0.02 | yes | 0.0002 | 19000 | 0.001 |" in text
     # an unsettled power iteration does not count
     s = record.read_summary(suite.summaries, Run("sgd", 1))
     s["sharpness"]["converged"] = False

@@ -15,6 +15,7 @@ from ..utils.fileio import atomic_write_text
 from . import run_summary
 from .claims_table import claim_rows
 from .power import power_paired_t, power_tost, seeds_for
+from .sharpness import METHOD
 from .report_tables import arm_table, bn_lines, cost_lines, flatness_lines, grid_lines, lr_used, start_lines, tuning_lines
 from .paired_runs import METRIC_NAMES, SECONDARY, RaceResults, pair
 from .stats import t975
@@ -68,9 +69,10 @@ def prereg_lines(res: RaceResults) -> List[str]:
     if p.start_default:
         lines.append(f"- **Start-up default**: `{p.start_default}`, kept unless another choice wins beyond the noise.")
     if suite.sharpness.arms:
-        lines.append(f"- **Flatness**: power iteration to a relative residual of {suite.sharpness.tol:g} (at most "
-                     f"{suite.sharpness.max_iters} iterations, {suite.sharpness.batches} batches); compared only between final "
-                     f"step sizes within {p.flatness_max_lr_ratio:g}x.")
+        lines.append(f"- **Flatness**: the largest Hessian eigenvalue by Lanczos on exact Hessian-vector products, to a "
+                     f"relative tolerance of {suite.sharpness.tol:g} (at most {suite.sharpness.max_iters} restarts, "
+                     f"{suite.sharpness.batches} batches); compared only between final step sizes within "
+                     f"{p.flatness_max_lr_ratio:g}x.")
     lines.append(f"- **Weight decay**: testable where it shrinks the weights by at least {100 * p.weight_decay_min_shrink:g}% "
                  "over a run.")
     if suite.common:
@@ -95,9 +97,13 @@ def problem_lines(res: RaceResults) -> List[str]:
                 sharp = res.summary(arm, seed).get("sharpness")
                 if not sharp:
                     missing_probes.append(f"{res.labels[arm]} seed {seed}: flatness probe missing")
+                elif sharp.get("method") != METHOD:
+                    missing_probes.append(f"{res.labels[arm]} seed {seed}: flatness probe of another method "
+                                          f"({sharp.get('method', 'finite-difference power iteration')}): re-probe it")
                 elif not sharp.get("converged"):
+                    residual = max(sharp.get("residual_max", math.inf), sharp.get("residual_min", math.inf))
                     missing_probes.append(f"{res.labels[arm]} seed {seed}: flatness probe not settled "
-                                          f"(residual {sharp['residuals'][-1]:.2g} > {sharp.get('tol', plan.tol):g})")
+                                          f"(residual {residual:.2g} > {sharp.get('tol', plan.tol):g})")
     if not problems and not missing_probes:
         return ["None: every declared run has its summary, and every planned flatness probe settled."]
     total = len(res.needed_runs())

@@ -152,13 +152,9 @@ def build_summary(suite: Suite, run: Run, vdir: str, options: List[str], lr: Opt
 def _sharpness(sharp: Optional[dict]) -> Optional[dict]:
     if not sharp:
         return None
-    keep = ("eigenvalue", "estimates", "residuals", "converged", "tol", "max_iters", "batches", "lr", "momentum", "lr_implied",
-            "iteration")
-    out = {k: sharp[k] for k in keep if k in sharp}
-    for k in ("estimates", "residuals"):
-        if k in out:
-            out[k] = [_round(v, 5) for v in out[k]]
-    return out
+    keep = ("method", "eigenvalue", "lambda_min", "residual_max", "residual_min", "hvps", "converged", "tol",
+            "max_iters", "batches", "lr", "momentum", "lr_implied", "iteration")
+    return {k: sharp[k] for k in keep if k in sharp}
 
 
 def _last(records, key) -> Optional[float]:

@@ -341,9 +341,12 @@ def _raise_interrupt(signum, frame):
 
 
 def run_sharpness(suite: Suite, out: str, jobs: int = 1, log=None, summaries: Optional[str] = None) -> None:
-    """The flatness probe for the planned runs that finished without it (a run normally
-    probes its own final checkpoint as it ends): those whose checkpoint is on this
-    machine; the result goes into the run's summary."""
+    """The flatness probe for the planned runs that finished without it, or with a probe of another
+    method (a run normally probes its own final checkpoint as it ends). A run whose checkpoint is
+    not on this machine is trained again from its summary's options, and its probe is kept only
+    where the retrained run reproduces the summary's final AP exactly (the same weights)."""
+    from .sharpness import METHOD
+
     log = log or _say
     summaries = summaries or run_summary.summaries_dir(suite, out)
     plan = suite.sharpness
@@ -352,23 +355,48 @@ def run_sharpness(suite: Suite, out: str, jobs: int = 1, log=None, summaries: Op
         for seed in plan.seeds.get(name, ()):
             run = Run(name, seed)
             summary = run_summary.read_summary(summaries, run)
+            if summary is None or summary["status"] != "ok" or (summary.get("sharpness") or {}).get("method") == METHOD:
+                continue
             vdir = os.path.join(out, run.key)
             ckpt = os.path.join(vdir, "model_final.pth")
-            if summary is None or summary["status"] != "ok" or summary.get("sharpness") or not os.path.exists(ckpt):
-                continue
-            cmd = [sys.executable, "-m", "zenith_det.race.run_process", "--sharpness", ckpt, os.path.join(vdir, SHARPNESS),
-                   str(plan.batches), str(plan.max_iters), str(plan.tol)]
+            probe = [str(plan.batches), str(plan.max_iters), str(plan.tol)]
+            if os.path.exists(ckpt):
+                cmd = [sys.executable, "-m", "zenith_det.race.run_process", "--sharpness", ckpt,
+                       os.path.join(vdir, SHARPNESS), *probe]
+                what = "flatness probe"
+            else:
+                if os.path.isdir(vdir):
+                    shutil.rmtree(vdir)
+                cmd = child_command(suite.arm(name).config, list(summary["options"]) + ["OUTPUT_DIR", vdir], False,
+                                    (plan.batches, plan.max_iters, plan.tol))
+                what = "training again for its flatness probe"
 
             def done(rc, run=run, vdir=vdir, summary=summary):
                 sharp = run_summary._load_json(os.path.join(vdir, SHARPNESS))
-                if rc == 0 and sharp:
-                    summary["sharpness"] = run_summary._sharpness(sharp)
-                    run_summary.write_summary(summaries, run, summary)
+                if rc != 0 or not sharp:
+                    log(f"[race] {run.describe(suite.labels)}: flatness probe failed (exit {rc})")
+                    return
+                again = run_summary.build_summary(suite, run, vdir, list(summary["options"]), summary.get("lr")) \
+                    if os.path.exists(os.path.join(vdir, STATS)) else None
+                if again is not None and not _reproduces(again, summary):
+                    log(f"[race] {run.describe(suite.labels)}: trained again, it does not reproduce its summary's "
+                        "final AP: its probe is not used")
+                    return
+                summary["sharpness"] = run_summary._sharpness(sharp)
+                run_summary.write_summary(summaries, run, summary)
 
-            todo.append(_Job(run, vdir, cmd, False, done, what="flatness probe"))
+            todo.append(_Job(run, vdir, cmd, False, done, what=what))
     if todo:
         log(f"[race] flatness probe of {len(todo)} final checkpoint(s)")
         _execute(todo, jobs, out, log, {}, labels=suite.labels)
+
+
+def _reproduces(again: dict, summary: dict) -> bool:
+    """A retrained run's summary gives the committed summary's final metrics, bit for bit."""
+    final = again.get("final") or {}
+    recorded = summary.get("final") or {}
+    keys = [k for k in recorded if isinstance(recorded[k], (int, float))]
+    return bool(keys) and all(k in final and float(final[k]) == float(recorded[k]) for k in keys)
 
 
 def _tail(path: str, n: int = 6) -> str:

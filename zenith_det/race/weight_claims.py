@@ -6,6 +6,7 @@ import statistics
 from typing import Dict, List, Optional
 
 from .paired_runs import Pairing, RaceResults, pair
+from .sharpness import METHOD
 from .stats import Summary, paired_t_p
 from .verdict_rules import (NOT_TESTABLE, REFUTED, SUPPORTED, UNDECIDED, Tested, diverged_cell, holm_family, incomplete_text,
                        interval_text, p_text, superiority_verdict)
@@ -84,11 +85,12 @@ def weight_decay_claim(res: RaceResults) -> dict:
 
 
 def sharpness_of(res: RaceResults, arm: str) -> Dict[int, dict]:
-    """{seed: sharpness} of the planned probes that exist (converged or not)."""
+    """{seed: sharpness} of the planned probes that exist (converged or not), by the current method
+    (a probe of another method is listed among the problems, to be probed again)."""
     out = {}
     for seed in res.suite.sharpness.seeds.get(arm, ()):
         s = res.summary(arm, seed)
-        if res.status(arm, seed) == "ok" and s.get("sharpness"):
+        if res.status(arm, seed) == "ok" and s.get("sharpness") and s["sharpness"].get("method") == METHOD:
             out[seed] = s["sharpness"]
     return out
 

@@ -19,6 +19,10 @@ amp_scaling_protocol   ``optimizer._step_supports_amp_scaling``: the         not
                        scaler hands ``grad_scale``/``found_inf`` to step()   and skips itself (one sync)
 =====================  ==================================================  ===============================
 
+One private torchvision op has no public fallback, and only the flatness probe uses it:
+``roi_align_backward_op()`` returns ``torch.ops.torchvision._roi_align_backward``, the adjoint
+of RoIAlign, from which race/exact_hvp.py builds a RoIAlign with double backward.
+
 No probe reads a tensor's value, so none makes the host wait for the device.
 ``force_public(*names)`` turns fast paths off (all of them with no names), for
 tests and for ruling a kernel out when chasing a numerical difference.
@@ -35,6 +39,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CAPABILITIES",
     "amp_step_args",
+    "roi_align_backward_op",
     "capabilities",
     "clear_cache",
     "declare_amp_scaling",
@@ -425,3 +430,16 @@ def capabilities(device=None, dtype: torch.dtype = torch.float32) -> Dict[str, b
         "grad_scaler_scale": has_grad_scaler_scale(),
         "amp_scaling_protocol": has_amp_scaling_protocol(),
     }
+
+
+def roi_align_backward_op():
+    """torchvision's RoIAlign adjoint (``_roi_align_backward``: grad, rois, spatial_scale, pooled
+    height and width, batch size, channels, height, width, sampling_ratio, aligned); a RuntimeError
+    naming the torchvision version where the build lacks it."""
+    import torchvision  # noqa: F401 (registers torch.ops.torchvision)
+
+    try:
+        return torch.ops.torchvision._roi_align_backward
+    except (AttributeError, RuntimeError) as e:
+        raise RuntimeError(f"torchvision {torchvision.__version__} has no _roi_align_backward op: exact "
+                           "Hessian-vector products of RoIAlign models need it") from e
