@@ -214,8 +214,11 @@ def setup_lines(res: RaceResults) -> List[str]:
              f"`{_rel(res.summaries_dir or '')}`."]
     sd = res.seed_noise()
     if sd is not None:
+        groups = [(g, res.seed_noise(res.arms(g))) for g in dict.fromkeys(a.group for a in suite.arms)]
+        per_group = "; ".join(f"{g} {v:.1f}" for g, v in groups if v is not None)
         lines.append(f"- **Seed noise**: the seed-to-seed SD of final {METRIC_NAMES[res.metric]}, pooled over every arm, "
-                     f"is {sd:.1f} points.")
+                     f"is {sd:.1f} points; pooled within each group's arms: {per_group}. A difference between two "
+                     "arms is read against the SD of its paired differences (the Power section lists them).")
     return lines + [""] + bn_lines(res)
 
 

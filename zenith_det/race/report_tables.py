@@ -163,6 +163,14 @@ def start_lines(res: RaceResults) -> List[str]:
                      f"{len(res.diverged(arm))} |")
     d = start_decision(res)
     lines += ["", f"Every pair, Holm: {d['numbers']}.", "", f"**Decision: {d['verdict']}.**"]
+    hand_made = [a for a in res.arms("main") if a != res.reference]
+    if hand_made:
+        lines += ["", "Not pre-registered, reported because the main comparison raced one start-up choice only: each "
+                  "start-up choice against the hand-made schedules, paired over the seeds both ran, "
+                  f"{metric} (95% t interval, no correction):", ""]
+        for arm in arms:
+            cells = [f"minus {res.labels[b]} {interval_text(pair(res, arm, b).diff)}" for b in hand_made]
+            lines.append(f"- {res.labels[arm]}: " + "; ".join(cells))
     return lines
 
 

@@ -134,11 +134,11 @@ def flatness_claim(res: RaceResults) -> dict:
             confounded.append(arm)
         norm = _median([normalized_sharpness(v) for v in probes[arm].values()])
         parts.append(f"{res.labels[arm]} {Summary(list(a.values())).fmt(1)} at final lr {_g(arm_lr)} "
-                     f"({_g(ratio)}x {res.labels[ref]}'s; share of 2(1+β)/η {_g(norm)}); minus {res.labels[ref]}: "
-                     + (interval_text(pg.diff) if pg.complete else incomplete_text(res, pg)))
+                     f"({_lr_relation(arm_lr, ref_lr, res.labels[ref])}; share of 2(1+β)/η {_g(norm)}); minus "
+                     f"{res.labels[ref]}: " + (interval_text(pg.diff) if pg.complete else incomplete_text(res, pg)))
     holm_family(tested)
     ref_norm = _median([normalized_sharpness(v) for v in probes[ref].values()])
-    head = (f"top eigenvalue (settled to relative residual {plan.tol:g}): {res.labels[ref]} "
+    head = (f"largest Hessian eigenvalue (Lanczos on exact products, settled to {plan.tol:g}): {res.labels[ref]} "
             f"{Summary(list(settled(ref).values())).fmt(1)} at final lr {_g(ref_lr)} (share {_g(ref_norm)}); ")
     text = head + "; ".join(parts)
     if confounded:
@@ -146,6 +146,13 @@ def flatness_claim(res: RaceResults) -> dict:
                  "stable curvature scales with 1/lr")
         return {"numbers": text, "verdict": UNDECIDED, "diverged": "–"}
     return {"numbers": text, "verdict": superiority_verdict(res, tested), "diverged": "–"}
+
+
+def _lr_relation(lr: Optional[float], ref_lr: Optional[float], ref_label: str) -> str:
+    """"1/20 of ZENITH's" or "3x ZENITH's": the ratio the right way round."""
+    if not lr or not ref_lr:
+        return f"– against {ref_label}'s"
+    return f"{lr / ref_lr:.3g}x {ref_label}'s" if lr >= ref_lr else f"1/{ref_lr / lr:.3g} of {ref_label}'s"
 
 
 def _median(values) -> Optional[float]:
