@@ -34,8 +34,8 @@ def claim_rows(res: RaceResults) -> List[dict]:
                           "refuted if it hurts ZENITH or helps it less than SGD, supported if it helps ZENITH; only where "
                           "the decay shrinks the weights by the declared fraction", **weight_decay_claim(res)))
     rows.append(dict(claim="flatter minima",
-                     test="top Hessian eigenvalue of the final training loss, each probed arm minus the reference, paired, "
-                          f"settled power iterations only, Holm: supported if above 0 for every arm; undecided where the "
+                     test="largest Hessian eigenvalue of the final training loss, each probed arm minus the reference, "
+                          f"paired, settled probes only, Holm: supported if above 0 for every arm; undecided where the "
                           f"final step sizes differ by more than {p.flatness_max_lr_ratio:g}x", **flatness_claim(res)))
     if res.arms("start"):
         d = start_decision(res)
