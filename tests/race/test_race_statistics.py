@@ -102,3 +102,12 @@ def test_power_matches_simulation():
     # the independent estimate in the issue: ~30 paired seeds, ~85% power for 3 box AP at a paired SD ~5.5
     assert power.power_paired_t(30, 3.0, 5.5, 0.05) == pytest.approx(0.82, abs=0.03)
     assert power.seeds_for(0.8, lambda k: power.power_paired_t(k, 3.0, 5.94, 0.025)) == 40
+
+
+def test_the_upper_bound_of_an_sd_covers_the_true_sd_95_percent_of_the_time():
+    assert power.sd_upper_bound(1.0, 3) == pytest.approx((2 / 0.10259) ** 0.5, rel=1e-4)  # chi2(0.05, 2) = 0.10259
+    rng = np.random.default_rng(7)
+    draws = rng.normal(0.0, 2.0, (4000, 5))
+    covered = np.mean([power.sd_upper_bound(float(np.std(row, ddof=1)), 5) >= 2.0 for row in draws])
+    # a binomial proportion of 4000 draws at 0.95 has SD 0.0034: 0.95 within 4 SDs
+    assert covered == pytest.approx(0.95, abs=0.014)

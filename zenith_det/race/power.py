@@ -7,6 +7,9 @@
   alpha declares equivalence within +-margin when the true mean difference is
   `true_diff` (exact: the normal mean integrated over the chi-square of the SD).
 * `seeds_for(...)`: the fewest seeds that reach a target power.
+* `sd_upper_bound(sd, n)`: a one-sided 95% upper confidence bound on a standard
+  deviation estimated from n samples (chi-square), to plan with: an SD observed on
+  a few seeds is uncertain by a factor of several.
 
 Within a Holm family of m tests, the first (smallest) p-value is compared with
 alpha / m: planning at alpha / m is what makes each test of the family powered.
@@ -57,3 +60,11 @@ def seeds_for(target: float, power_at, start: int = 2, stop: int = 1000) -> int:
         if power_at(n) >= target:
             return n
     return stop
+
+
+def sd_upper_bound(sd: float, n: int, confidence: float = 0.95) -> float:
+    """sigma <= sd * sqrt((n - 1) / chi2_{1 - confidence}(n - 1)) with probability `confidence`."""
+    if n < 2:
+        return math.inf
+    dof = n - 1
+    return sd * math.sqrt(dof / float(_scipy_stats().chi2.ppf(1 - confidence, dof)))

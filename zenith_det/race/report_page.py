@@ -14,7 +14,7 @@ from typing import List
 from ..utils.fileio import atomic_write_text
 from . import run_summary
 from .claims_table import claim_rows
-from .power import power_paired_t, power_tost, seeds_for
+from .power import power_paired_t, power_tost, sd_upper_bound, seeds_for
 from .sharpness import METHOD
 from .report_tables import arm_table, bn_lines, cost_lines, flatness_lines, grid_lines, lr_used, start_lines, tuning_lines
 from .paired_runs import METRIC_NAMES, SECONDARY, RaceResults, pair
@@ -158,8 +158,8 @@ def power_lines(res: RaceResults) -> List[str]:
         else:
             how = " (declared)"
         lines.append(f"- paired SD `{sd.name}`: {sd.sd:.2f}{how}" + (f". {sd.source}" if sd.source else ""))
-    lines += ["", "| group | tests (m) | test | paired SD | alpha / m | effect or margin | seeds | power | seeds for the target |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| group | tests (m) | test | paired SD | alpha / m | effect or margin | seeds | power | power of the "
+              "claim (all m) | seeds for the target |", "|---|---|---|---|---|---|---|---|---|---|"]
     for group, sd_name in plan.families.items():
         m, n = _family_tests(res, group)
         if not m:
@@ -175,11 +175,12 @@ def power_lines(res: RaceResults) -> List[str]:
             pw = power_paired_t(n, plan.effect, sd, a)
             need = seeds_for(plan.target, lambda k: power_paired_t(k, plan.effect, sd, a), stop=500)
             kind, size = "paired t", f"{plan.effect:g}"
-        lines.append(f"| {group} | {m} | {kind} | {sd:.2f} (`{sd_name}`) | {a:.4g} | {size} | {n} | {pw:.2f} | {need} |")
+        lines.append(f"| {group} | {m} | {kind} | {sd:.2f} (`{sd_name}`) | {a:.4g} | {size} | {n} | {pw:.2f} | "
+                     f"≥ {pw ** m:.2f} | {need} |")
     for group, reason in plan.unpowered.items():
         m, n = _family_tests(res, group)
         if m:
-            lines.append(f"| {group} | {m} | paired t | – | {p.alpha / m:.4g} | – | {n} | not planned | – |")
+            lines.append(f"| {group} | {m} | paired t | – | {p.alpha / m:.4g} | – | {n} | not planned | – | – |")
     if plan.unpowered:
         lines += [""] + [f"- **{group}** is not powered: {reason}" for group, reason in plan.unpowered.items()]
     observed = []
@@ -190,9 +191,14 @@ def power_lines(res: RaceResults) -> List[str]:
             other = (res.main_partner(a) or res.reference) if group == "weight decay" else res.reference
             pg = pair(res, a, other)
             if pg.diff.n > 2:
-                observed.append(f"{res.labels[a]} − {res.labels[other]} {pg.diff.sd:.2f} (n={pg.diff.n})")
+                observed.append(f"{res.labels[a]} − {res.labels[other]} {pg.diff.sd:.2f}, at most "
+                                f"{sd_upper_bound(pg.diff.sd, pg.diff.n):.2f} (n={pg.diff.n})")
     if observed:
-        lines += ["", "Paired SDs observed in this race (for the next plan, not for these verdicts): " + "; ".join(observed) + "."]
+        lines += ["", "Paired SDs observed in this race, each with its one-sided 95% upper bound (chi-square), for "
+                  "the next plan, not for these verdicts: " + "; ".join(observed) + "."]
+    lines += ["", "The power of a claim is that of all its m tests rejecting together: at least the product of "
+              "their powers: tests that share the reference arm are positively correlated (Slepian's inequality "
+              "for the superiority families, Šidák's for the equivalence families)."]
     return lines
 
 
