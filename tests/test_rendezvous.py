@@ -52,6 +52,7 @@ def test_a_stop_signal_ends_the_wait_at_once():
     finally:
         timer.cancel()
         signals.uninstall()
+        signals.install().uninstall()  # a fresh install forgets the SIGTERM: later tests start clean
     # Not a timing assertion on speed: a wait of 600 s that ended at all ended because of the signal.
     assert time.monotonic() - started < 600
 
