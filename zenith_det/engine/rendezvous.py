@@ -19,6 +19,7 @@ import logging
 import socket
 import time
 from datetime import timedelta
+from typing import Callable
 
 import torch.distributed as dist
 
@@ -38,41 +39,29 @@ def rendezvous(backend: str, addr: str, port: int, rank: int, world_size: int, w
                collective_timeout: timedelta) -> None:
     """Join (rank > 0) or serve (rank 0) the store at addr:port, wait for all `world_size` ranks
     for at most `wait_s` seconds, then initialise the default process group on it."""
-    signals = preemption_signals()
-    _pause(signals, 0.0, rank)  # asked to stop before the wait began: the other ranks were asked too
-    deadline = time.monotonic() + wait_s
-    store = _open_store(addr, port, rank, world_size, deadline, wait_s, signals)
+    wait = _Wait(wait_s)
+    wait.pause(0.0)  # asked to stop before the wait began: the other ranks were asked too
+    store = _open_store(addr, port, rank, world_size, wait)
     store.set(f"{_JOINED}/{rank}", "1")
     store.add(_JOINED, 1)
-    next_report = time.monotonic()
-    while True:
-        joined = store.add(_JOINED, 0)
-        if joined >= world_size:
-            break
-        now = time.monotonic()
-        missing = _missing_ranks(store, world_size)
-        if now >= next_report:
-            logger.warning("rank %d: %d of %d processes joined the rendezvous at %s:%s; waiting for rank(s) %s "
-                           "(at most %.0f s more)", rank, joined, world_size, addr, port, missing,
-                           max(0.0, deadline - now))
-            next_report = now + REPORT_EVERY_S
-        if now >= deadline:
-            raise UserError(f"rank {rank}: gave up after {wait_s:g} s waiting for rank(s) {missing} to join the "
-                            f"rendezvous at {addr}:{port} ({joined} of {world_size} joined); start every task "
-                            "(srun --ntasks must match the tasks that run), or raise --rendezvous-timeout-s")
-        _pause(signals, min(0.2, deadline - now), rank)
+    while (joined := store.add(_JOINED, 0)) < world_size:
+        # Which ranks are missing is asked of the store only when it is said.
+        wait.step(lambda: f"rank {rank}: {joined} of {world_size} processes joined the rendezvous at {addr}:{port}; "
+                          f"waiting for rank(s) {_missing_ranks(store, world_size)}",
+                  lambda: f"rank {rank}: gave up after {wait_s:g} s waiting for rank(s) {_missing_ranks(store, world_size)} "
+                          f"to join the rendezvous at {addr}:{port} ({joined} of {world_size} joined); start every "
+                          "task (srun --ntasks must match the tasks that run), or raise --rendezvous-timeout-s")
     store.set_timeout(collective_timeout)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=collective_timeout)
 
 
-def _open_store(addr, port, rank, world_size, deadline, wait_s, signals):
+def _open_store(addr, port, rank, world_size, wait: "_Wait"):
     if rank == 0:
         # Binding fails at once when the port is taken; the clients' connections are waited for below.
         return dist.TCPStore(addr, port, world_size, True, timeout=timedelta(seconds=STEP_S),
                              wait_for_workers=False)
-    next_report = time.monotonic()
     while True:
-        step = max(0.1, min(STEP_S, deadline - time.monotonic()))
+        step = max(0.1, min(STEP_S, wait.left()))
         try:
             # A plain connection first: c10d's client logs every failed try as a C++ stack on stderr.
             socket.create_connection((addr, port), timeout=step).close()
@@ -81,27 +70,44 @@ def _open_store(addr, port, rank, world_size, deadline, wait_s, signals):
             error = e.strerror or type(e).__name__
         except RuntimeError as e:  # DistNetworkError/DistStoreError: the store went away in between
             error = str(e).splitlines()[0][:200]
+        wait.step(lambda: f"rank {rank} of {world_size}: waiting for rank 0's rendezvous at {addr}:{port}",
+                  lambda: f"rank {rank}: gave up after {wait.wait_s:g} s waiting for rank 0's rendezvous at "
+                          f"{addr}:{port} ({error}); start rank 0 (SLURM_PROCID 0) too, check MASTER_ADDR/MASTER_PORT, "
+                          "or raise --rendezvous-timeout-s")
+
+
+class _Wait:
+    """One bounded wait: its deadline, a line every REPORT_EVERY_S (the first at once), and the stop signals."""
+
+    def __init__(self, wait_s: float):
+        self.wait_s = wait_s
+        self.signals = preemption_signals()
+        self.deadline = time.monotonic() + wait_s
+        self._next_report = time.monotonic()
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def step(self, progress: Callable[[], str], give_up: Callable[[], str]) -> None:
+        """Say `progress()` when a report is due, raise UserError(`give_up()`) past the deadline,
+        else pause a moment (Preempted where a stop signal came)."""
         now = time.monotonic()
-        if now >= next_report:
-            logger.warning("rank %d of %d: waiting for rank 0's rendezvous at %s:%s (at most %.0f s more)",
-                           rank, world_size, addr, port, max(0.0, deadline - now))
-            next_report = now + REPORT_EVERY_S
-        if now >= deadline:
-            raise UserError(f"rank {rank}: gave up after {wait_s:g} s waiting for rank 0's rendezvous at {addr}:{port} "
-                            f"({error}); start rank 0 (SLURM_PROCID 0) too, check MASTER_ADDR/MASTER_PORT, or raise "
-                            "--rendezvous-timeout-s")
-        _pause(signals, min(0.2, deadline - now), rank)
+        if now >= self._next_report:
+            logger.warning("%s (at most %.0f s more)", progress(), self.left())
+            self._next_report = now + REPORT_EVERY_S
+        if now >= self.deadline:
+            raise UserError(give_up())
+        self.pause(min(0.2, self.deadline - now))
+
+    def pause(self, seconds: float) -> None:
+        if self.signals.received is not None:
+            raise Preempted(self.signals.received)
+        time.sleep(max(0.0, seconds))
+        if self.signals.received is not None:
+            raise Preempted(self.signals.received)
 
 
 def _missing_ranks(store, world_size: int) -> str:
     missing = [r for r in range(world_size) if not store.check([f"{_JOINED}/{r}"])]
     shown = ", ".join(map(str, missing[:8]))
     return shown + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-
-
-def _pause(signals, seconds: float, rank: int) -> None:
-    if signals.received is not None:
-        raise Preempted(signals.received)
-    time.sleep(max(0.0, seconds))
-    if signals.received is not None:
-        raise Preempted(signals.received)
