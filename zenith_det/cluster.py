@@ -52,6 +52,8 @@ STATUS_FILE = "zenith_status.json"
 # that wrote nothing was killed. Rank 0 waits up to PEER_WAIT_S for them.
 RANK_OUTCOME_FILE = "zenith_rank{}.json"
 PEER_WAIT_S = 20.0
+# The exit codes of a training that would end the same way again: never requeued.
+WOULD_FAIL_AGAIN = (USER_ERROR, DIVERGED)
 FAILURES_FILE = "zenith_failures.json"
 # The exit status of a job that failed for good (an exception, retries spent).
 FAILED = 1
@@ -100,8 +102,8 @@ class TrainingJob:
         rank = env.global_rank
         if rank == 0:
             _remove(os.path.join(job_dir, STATUS_FILE))  # an earlier segment's, before a requeue by SLURM itself
-        _remove(os.path.join(job_dir, RANK_OUTCOME_FILE.format(rank)))
-        self._segment_started = time.time()
+        _remove(_outcome_path(job_dir, rank))
+        segment_started = time.time()
         from .engine.preemption import preemption_signals
 
         signals = preemption_signals()
@@ -113,12 +115,12 @@ class TrainingJob:
         try:
             code = getattr(importlib.import_module(module), function)(self.argv)
         except Exception as e:  # noqa: BLE001 (a crash of any kind: requeued a bounded number of times)
-            return self._failed(env, job_dir, e)
+            return self._failed(env, job_dir, e, segment_started)
         if rank != 0:
             from .utils.cli import last_error
 
-            _write_json(os.path.join(job_dir, RANK_OUTCOME_FILE.format(rank)),
-                        {"exit_code": code, "message": last_error() if code in (USER_ERROR, DIVERGED) else ""})
+            _write_json(_outcome_path(job_dir, rank),
+                        {"exit_code": code, "message": last_error() if code in WOULD_FAIL_AGAIN else ""})
         if code == OK:
             if rank == 0:
                 _write_status(job_dir, OK, "done")
@@ -156,22 +158,22 @@ class TrainingJob:
                               "not requeued by us: resubmit with --resume if SLURM does not requeue it")
             sys.exit(PREEMPTED)
         reason = {USER_ERROR: "bad input (the line starting with 'error:' in the task's log says what to fix)",
-                  DIVERGED: "training diverged (SOLVER.MAX_NONFINITE_STEPS non-finite losses in a row)"}
+                  DIVERGED: "training diverged (SOLVER.MAX_NONFINITE_STEPS non-finite losses, or steps skipped for "
+                            "non-finite gradients, in a row)"}
         message = reason.get(code, "tools/train_net.py failed") + "; not requeued: it would fail again"
         if rank == 0:
             _write_status(job_dir, code, message)
         raise JobFailed(code, message)
 
-    def _failed(self, env, job_dir: str, error: Exception) -> int:
+    def _failed(self, env, job_dir: str, error: Exception, segment_started: float) -> int:
         cause = f"{type(error).__name__}: {error}".splitlines()[0][:500]
         if env.global_rank != 0:
-            _write_json(os.path.join(job_dir, RANK_OUTCOME_FILE.format(env.global_rank)),
-                        {"exit_code": FAILED, "message": cause})
+            _write_json(_outcome_path(job_dir, env.global_rank), {"exit_code": FAILED, "message": cause})
             _say(f"rank {env.global_rank} failed ({cause}); rank 0 decides whether the job is requeued")
             raise error
-        peers, missing = self._peer_outcomes(env, job_dir)
+        peers, missing = _peer_outcomes(env.num_tasks, job_dir, segment_started)
         for peer, outcome in sorted(peers.items()):
-            if outcome["exit_code"] in (USER_ERROR, DIVERGED):  # the cause of rank 0's failure; a retry fails again
+            if outcome["exit_code"] in WOULD_FAIL_AGAIN:  # the cause of rank 0's failure
                 message = (f"rank {peer}: {outcome['message'] or 'exit code ' + str(outcome['exit_code'])}; "
                            "not requeued: it would fail again")
                 _say(f"error: {message}")
@@ -197,27 +199,30 @@ class TrainingJob:
         raise error
 
 
-    def _peer_outcomes(self, env, job_dir: str):
-        """The outcomes the other ranks wrote in this segment ({rank: outcome}), and the ranks that wrote
-        none within PEER_WAIT_S. Only rank 0 asks, after it failed."""
-        started = getattr(self, "_segment_started", 0.0)
-        deadline = time.monotonic() + PEER_WAIT_S
-        while True:
-            peers = {}
-            for peer in range(1, env.num_tasks):
-                path = os.path.join(job_dir, RANK_OUTCOME_FILE.format(peer))
-                try:
-                    fresh = os.path.getmtime(path) >= started - 1.0  # not an earlier segment's
-                except OSError:
-                    fresh = False
-                outcome = _read_json(path, default=None) if fresh else None
-                if isinstance(outcome, dict) and isinstance(outcome.get("exit_code"), int):
-                    peers[peer] = outcome
-            missing = [peer for peer in range(1, env.num_tasks) if peer not in peers]
-            decided = any(o["exit_code"] in (USER_ERROR, DIVERGED) for o in peers.values())
-            if not missing or decided or time.monotonic() >= deadline:
-                return peers, missing
-            time.sleep(0.2)
+def _outcome_path(job_dir: str, rank: int) -> str:
+    return os.path.join(job_dir, RANK_OUTCOME_FILE.format(rank))
+
+
+def _peer_outcomes(num_tasks: int, job_dir: str, segment_started: float):
+    """The outcomes the other ranks wrote in this segment ({rank: outcome}), and the ranks that wrote
+    none within PEER_WAIT_S. Only rank 0 asks, after it failed."""
+    deadline = time.monotonic() + PEER_WAIT_S
+    while True:
+        peers = {}
+        for peer in range(1, num_tasks):
+            path = _outcome_path(job_dir, peer)
+            try:
+                fresh = os.path.getmtime(path) >= segment_started - 1.0  # not an earlier segment's
+            except OSError:
+                fresh = False
+            outcome = _read_json(path, default=None) if fresh else None
+            if isinstance(outcome, dict) and isinstance(outcome.get("exit_code"), int):
+                peers[peer] = outcome
+        missing = [peer for peer in range(1, num_tasks) if peer not in peers]
+        decided = any(o["exit_code"] in WOULD_FAIL_AGAIN for o in peers.values())
+        if not missing or decided or time.monotonic() >= deadline:
+            return peers, missing
+        time.sleep(0.2)
 
 
 def resume_point(argv: Sequence[str]) -> Optional[int]:
