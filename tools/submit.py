@@ -25,7 +25,7 @@ import shutil
 import sys
 
 from zenith_det.errors import UserError
-from zenith_det.utils.cli import OneLineArgumentParser, run_guarded
+from zenith_det.utils.cli import OneLineArgumentParser, positive_seconds, run_guarded
 
 def parse_args(argv=None):
     p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--signal-delay-s", type=int, default=120,
                    help="seconds between SLURM's SIGUSR2 and the time limit: time to finish the iteration "
                         "and write a checkpoint (default 120)")
-    p.add_argument("--rendezvous-timeout-s", type=float,
+    p.add_argument("--rendezvous-timeout-s", type=positive_seconds,
                    help="how long the tasks wait for each other to start before the job fails with one line "
                         "(tools/train_net.py's flag; default 600)")
     p.add_argument("--cpus-per-task", type=int, help="CPUs per process (default DATALOADER.NUM_WORKERS + 1)")
@@ -60,8 +60,6 @@ def parse_args(argv=None):
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. SOLVER.BASE_LR 0.01")
     args = p.parse_args(argv)
-    if args.rendezvous_timeout_s is not None and not 0 < args.rendezvous_timeout_s < math.inf:
-        p.error(f"--rendezvous-timeout-s {args.rendezvous_timeout_s:g}: must be a positive, finite number of seconds")
     for flag in ("nodes", "gpus_per_node", "max_retries", "max_timeouts", "signal_delay_s", "timeout_min",
                  "cpus_per_task"):
         value, minimum = getattr(args, flag), 0 if flag in ("max_retries", "max_timeouts") else 1

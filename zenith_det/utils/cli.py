@@ -27,7 +27,7 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in OUTPUT_DIR")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes to spawn on this machine (not under torchrun or srun)")
-    parser.add_argument("--rendezvous-timeout-s", type=_positive_seconds, default=600, metavar="S",
+    parser.add_argument("--rendezvous-timeout-s", type=positive_seconds, default=600, metavar="S",
                         help="how long the processes of a job (srun tasks, --num-gpus) wait for each other "
                              "to start before giving up with one line (default 600)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -37,7 +37,8 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_seconds(text: str) -> float:
+def positive_seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds (a bad one is argparse's one-line error)."""
     try:
         value = float(text)
     except ValueError:
@@ -47,12 +48,13 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-# The one line the latest run_guarded printed for a failure: a job's task reports it to rank 0 (cluster.py).
-_last_error = []
+# The one line the latest run_guarded printed for a failure (only the latest is kept): a job's task
+# reports it to rank 0 (cluster.py).
+_last_error = [""]
 
 
 def last_error() -> str:
-    return _last_error[-1] if _last_error else ""
+    return _last_error[0]
 
 
 def run_guarded(main, args) -> int:
@@ -62,7 +64,7 @@ def run_guarded(main, args) -> int:
     except UserError as e:
         if args.debug:
             raise
-        _last_error.append(str(e))
+        _last_error[0] = str(e)
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:
@@ -75,7 +77,7 @@ def run_guarded(main, args) -> int:
         if args.debug:
             raise
         logging.getLogger("zenith_det").error("%s", e)
-        _last_error.append(str(e))
+        _last_error[0] = str(e)
         print(f"error: {e}", file=sys.stderr)
         return DIVERGED_EXIT_CODE
 
