@@ -307,9 +307,13 @@ def _read_with_pil(source, path, expected_size, image_root, shrink_to=None):
     if expected_size is None or upright.size == tuple(expected_size):
         img = upright
     if expected_size is not None and img.size != tuple(expected_size):
-        raise DatasetError(f"image {path} is {img.size[0]}x{img.size[1]} but its json entry says "
-                           f"{expected_size[0]}x{expected_size[1]} (width x height); fix the json or the file")
+        raise _size_mismatch(path, img.size, expected_size)
     return pil_image_to_tensor(img)
+
+
+def _size_mismatch(path, size, expected_size):
+    return DatasetError(f"image {path} is {size[0]}x{size[1]} but its json entry says "
+                        f"{expected_size[0]}x{expected_size[1]} (width x height); fix the json or the file")
 
 
 _SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -323,8 +327,7 @@ def _read_shrunk(source, path, expected_size, image_root, size):
             upright = raw.size[::-1] if sideways else raw.size
             use_upright = upright == tuple(expected_size)
             if not use_upright and raw.size != tuple(expected_size):
-                raise DatasetError(f"image {path} is {upright[0]}x{upright[1]} but its json entry says "
-                                   f"{expected_size[0]}x{expected_size[1]} (width x height); fix the json or the file")
+                raise _size_mismatch(path, upright, expected_size)
             raw.draft("RGB", size[::-1] if use_upright and sideways else size)  # JPEG: a DCT scale >= size
             raw.load()
             img = ImageOps.exif_transpose(raw) if use_upright else raw

@@ -15,7 +15,7 @@ from ..utils.fileio import atomic_write_text
 from . import run_summary
 from .claims_table import claim_rows
 from .power import power_paired_t, power_tost, sd_upper_bound, seeds_for
-from .sharpness import METHOD
+from .sharpness import METHOD, probe_residual
 from .report_tables import arm_table, bn_lines, cost_lines, flatness_lines, grid_lines, lr_used, start_lines, tuning_lines
 from .paired_runs import METRIC_NAMES, SECONDARY, RaceResults, pair
 from .stats import t975
@@ -101,7 +101,7 @@ def problem_lines(res: RaceResults) -> List[str]:
                     missing_probes.append(f"{res.labels[arm]} seed {seed}: flatness probe of another method "
                                           f"({sharp.get('method', 'finite-difference power iteration')}): re-probe it")
                 elif not sharp.get("converged"):
-                    residual = max(sharp.get("residual_max", math.inf), sharp.get("residual_min", math.inf))
+                    residual = probe_residual(sharp)
                     missing_probes.append(f"{res.labels[arm]} seed {seed}: flatness probe not settled "
                                           f"(residual {residual:.2g} > {sharp.get('tol', plan.tol):g})")
     if not problems and not missing_probes:

@@ -11,6 +11,7 @@ from . import run_summary
 from .paired_runs import METRIC_NAMES, SECONDARY, RaceResults, pair
 from .stats import Summary
 from .verdict_rules import equivalence, interval_text, start_decision, start_name
+from .sharpness import probe_residual
 from .weight_claims import normalized_sharpness, sharpness_of
 
 
@@ -223,7 +224,7 @@ def flatness_lines(res: RaceResults) -> List[str]:
         for seed, s in sorted(sharpness_of(res, arm).items()):
             any_rows = True
             lr, implied, share = s.get("lr"), s.get("lr_implied"), normalized_sharpness(s)
-            residual = max(s.get("residual_max", math.inf), s.get("residual_min", math.inf))
+            residual = probe_residual(s)
             lines.append(f"| {res.labels[arm]} | {seed} | {s['eigenvalue']:.1f} | {s.get('lambda_min', math.nan):.1f} | "
                          f"{s.get('hvps', '–')} | {residual:.2g} | {'yes' if s.get('converged') else '**no**'} | "
                          f"{'–' if lr is None else f'{lr:.3g}'} | "

@@ -11,12 +11,18 @@ edge-of-stability literature finds training settles near that value. A flatter
 minimum than that bound says more than the final learning rate alone.
 """
 import itertools
+import math
 from typing import Callable
 
 import torch
 
 # What `checkpoint_sharpness` measures, recorded with each result: a summary probed another way is re-probed.
 METHOD = "lanczos-exact-hvp"
+
+
+def probe_residual(sharp: dict) -> float:
+    """The larger of a probe's two relative residuals (inf where one is missing)."""
+    return max(sharp.get("residual_max", math.inf), sharp.get("residual_min", math.inf))
 
 
 def lr_implied_sharpness(lr: float, momentum: float) -> float:
