@@ -76,23 +76,18 @@ def test_the_start_up_default_stays_unless_another_choice_wins(tmp_path):
 def test_insensitivity_needs_an_equivalence_test_not_an_absent_difference(tmp_path):
     """One run per W setting that lands on the reference is absence of evidence: undecided.
     With six paired seeds the same closeness is shown equivalent within the margin."""
-    text = FAKE_SUITE.replace("label: ZENITH W60, group: W,", "label: ZENITH W60, group: W, seeds: 1,")
-    suite = _load(tmp_path, text)
-    _fake_race(suite, suite.summaries, w_gap=0.0)
-    row = _rows(_results(suite, suite.summaries))["insensitive to W"]
+    def w_row(folder, w_gap, *suite_text):
+        folder.mkdir(exist_ok=True)
+        suite = _load(folder, *suite_text)
+        _fake_race(suite, suite.summaries, w_gap=w_gap)
+        return _rows(_results(suite, suite.summaries))["insensitive to W"]
+
+    row = w_row(tmp_path, 0.0, FAKE_SUITE.replace("label: ZENITH W60, group: W,", "label: ZENITH W60, group: W, seeds: 1,"))
     assert row["verdict"] == verdicts.UNDECIDED and "(n=1)" in row["numbers"]
-    other = tmp_path / "six"
-    other.mkdir()
-    suite = _load(other)
-    _fake_race(suite, suite.summaries, w_gap=0.0)
-    row = _rows(_results(suite, suite.summaries))["insensitive to W"]
+    row = w_row(tmp_path / "six", 0.0)
     assert row["verdict"] == verdicts.SUPPORTED and "margin ±2 box AP (declared)" in row["numbers"]
     # exactly at the 2 AP margin: neither equivalent nor beyond it
-    other = tmp_path / "edge"
-    other.mkdir()
-    suite = _load(other)
-    _fake_race(suite, suite.summaries, w_gap=2.0)
-    assert _rows(_results(suite, suite.summaries))["insensitive to W"]["verdict"] == verdicts.UNDECIDED
+    assert w_row(tmp_path / "edge", 2.0)["verdict"] == verdicts.UNDECIDED
 
 
 def test_holm_decides_within_the_family(tmp_path):
