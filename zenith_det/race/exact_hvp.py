@@ -23,7 +23,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 
-from ..utils.torch_internals import roi_align_backward_op
+from ..utils.torch_internals import roi_align_backward_op, roi_align_inputs
 
 
 class _RoIAlign(torch.autograd.Function):
@@ -65,12 +65,7 @@ def roi_align_twice_differentiable(features, boxes, output_size, spatial_scale: 
                                    sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
     """torchvision.ops.roi_align's answer (boxes as a (K, 5) tensor or a list of (N_i, 4)), with
     derivatives of every order in `features`; the boxes are treated as constants."""
-    from torchvision.ops._utils import check_roi_boxes_shape, convert_boxes_to_roi_format
-    from torch.nn.modules.utils import _pair
-
-    check_roi_boxes_shape(boxes)
-    rois = boxes if isinstance(boxes, torch.Tensor) else convert_boxes_to_roi_format(boxes)
-    pooled_h, pooled_w = _pair(output_size)
+    rois, (pooled_h, pooled_w) = roi_align_inputs(boxes, output_size)
     return _RoIAlign.apply(features, rois.detach().to(features.dtype), float(spatial_scale), pooled_h, pooled_w,
                            int(sampling_ratio), bool(aligned))
 

@@ -359,16 +359,15 @@ def run_sharpness(suite: Suite, out: str, jobs: int = 1, log=None, summaries: Op
                 continue
             vdir = os.path.join(out, run.key)
             ckpt = os.path.join(vdir, "model_final.pth")
-            probe = [str(plan.batches), str(plan.max_iters), str(plan.tol)]
+            probe = _sharpness_of(suite, run)  # the plan's (batches, max_iters, tol)
             if os.path.exists(ckpt):
                 cmd = [sys.executable, "-m", "zenith_det.race.run_process", "--sharpness", ckpt,
-                       os.path.join(vdir, SHARPNESS), *probe]
+                       os.path.join(vdir, SHARPNESS), *map(str, probe)]
                 what = "flatness probe"
             else:
                 if os.path.isdir(vdir):
                     shutil.rmtree(vdir)
-                cmd = child_command(suite.arm(name).config, list(summary["options"]) + ["OUTPUT_DIR", vdir], False,
-                                    (plan.batches, plan.max_iters, plan.tol))
+                cmd = child_command(suite.arm(name).config, list(summary["options"]) + ["OUTPUT_DIR", vdir], False, probe)
                 what = "training again for its flatness probe"
 
             def done(rc, run=run, vdir=vdir, summary=summary):

@@ -21,7 +21,9 @@ amp_scaling_protocol   ``optimizer._step_supports_amp_scaling``: the         not
 
 One private torchvision op has no public fallback, and only the flatness probe uses it:
 ``roi_align_backward_op()`` returns ``torch.ops.torchvision._roi_align_backward``, the adjoint
-of RoIAlign, from which race/exact_hvp.py builds a RoIAlign with double backward.
+of RoIAlign, from which race/exact_hvp.py builds a RoIAlign with double backward;
+``roi_align_inputs()`` reads its boxes and output size as torchvision.ops.roi_align does
+(torchvision's private ``ops._utils`` and torch's ``_pair``).
 
 No probe reads a tensor's value, so none makes the host wait for the device.
 ``force_public(*names)`` turns fast paths off (all of them with no names), for
@@ -40,6 +42,7 @@ __all__ = [
     "CAPABILITIES",
     "amp_step_args",
     "roi_align_backward_op",
+    "roi_align_inputs",
     "capabilities",
     "clear_cache",
     "declare_amp_scaling",
@@ -443,3 +446,14 @@ def roi_align_backward_op():
     except (AttributeError, RuntimeError) as e:
         raise RuntimeError(f"torchvision {torchvision.__version__} has no _roi_align_backward op: exact "
                            "Hessian-vector products of RoIAlign models need it") from e
+
+
+def roi_align_inputs(boxes, output_size):
+    """(rois (K, 5), (pooled height, pooled width)) from torchvision.ops.roi_align's arguments, read
+    by torchvision's own helpers: boxes as a (K, 5) tensor or a list of (N_i, 4) tensors."""
+    from torch.nn.modules.utils import _pair
+    from torchvision.ops._utils import check_roi_boxes_shape, convert_boxes_to_roi_format
+
+    check_roi_boxes_shape(boxes)
+    rois = boxes if isinstance(boxes, torch.Tensor) else convert_boxes_to_roi_format(boxes)
+    return rois, _pair(output_size)
