@@ -21,9 +21,8 @@ from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicChec
 
 from ..solver import largest_group, lr_multiplier_source
 from ..utils import comm
-from ..errors import UserError
 from .preemption import Preempted, PreemptionSignals
-from .run_lock import run_folder_lost
+from .run_lock import check_run_folder, run_folder_lost
 from .train_loop import HookBase
 
 logger = logging.getLogger(__name__)
@@ -51,11 +50,8 @@ class RunFolderGuard(HookBase):
             self.check(self.trainer.iter)
 
     def check(self, iteration: int) -> None:
-        why = self.active and run_folder_lost(self.directory)
-        if why:
-            raise UserError(f"OUTPUT_DIR {self.directory} was lost while training, after iteration {iteration}: "
-                            f"{why}; this run stops without writing more. Restore the folder and --resume, "
-                            "or start a new run")
+        if self.active:
+            check_run_folder(self.directory, f"while training, after iteration {iteration}")
 
 
 class IterationTimer(HookBase):

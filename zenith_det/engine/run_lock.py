@@ -113,3 +113,12 @@ def run_folder_lost(directory: str) -> "str | None":
         if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
             return f"its lock file {path} is not the one this run holds (the folder was deleted and made again)"
     return None
+
+
+def check_run_folder(directory: str, when: str) -> None:
+    """UserError, one line, where `directory` is no longer this run's folder (run_folder_lost);
+    `when` says at what point of the run, e.g. "while training, after iteration 12"."""
+    why = run_folder_lost(directory)
+    if why:
+        raise UserError(f"OUTPUT_DIR {directory} was lost {when}: {why}; this run stops without writing more, and "
+                        "its checkpoints went with the folder. Restore the folder and --resume, or start a new run")

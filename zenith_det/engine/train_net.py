@@ -13,14 +13,13 @@ import sys
 import torch.multiprocessing as mp
 
 from ..config import load_config
-from ..errors import UserError
 from ..evaluation import RESULTS_FILE, format_results_table
 from ..utils import comm
 from ..utils.cli import default_argument_parser, run_guarded
 from .defaults import Trainer, build_model_for_evaluation, evaluate, inference_dir, resolve_device
 from .launch import check_launch_environment, launch
 from .preemption import PREEMPTED_EXIT_CODE, Preempted, preemption_signals
-from .run_lock import run_folder_lost
+from .run_lock import check_run_folder
 from .setup import default_setup
 
 logger = logging.getLogger("zenith_det")
@@ -44,10 +43,7 @@ def _main(args) -> int:
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
-    lost = run_folder_lost(cfg.OUTPUT_DIR)  # during the final evaluation: no summary of files that are gone
-    if lost:
-        raise UserError(f"OUTPUT_DIR {cfg.OUTPUT_DIR} was lost at the end of training: {lost}; its checkpoints and "
-                        "results went with it. Restore the folder and --resume, or start a new run")
+    check_run_folder(cfg.OUTPUT_DIR, "at the end of training")  # during the final evaluation: no summary of files gone
     if comm.is_main_process():
         print_summary(trainer.cfg, results, trainer)
     if trainer.preempted:  # a signal at any point, the last checkpoint included
